@@ -1,0 +1,179 @@
+//! `sandbox-run`: run any program in a sandbox, as a drop-in plugin command.
+//!
+//! Exit status: the program's own code; `128+N` when it died from signal N; 125 when the
+//! sandbox could not be set up; 126 when the program is not executable; 127 when it is not
+//! found; 2 for a usage error.
+
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use sandbox_runner::pid::FORWARDED;
+use sandbox_runner::profile::{AbsPath, EnvName, EnvValue, Hostname, StdinMode};
+use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
+
+/// Run PROGRAM in a sandbox of new mount, PID, network, IPC and UTS namespaces.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sandbox-run",
+    version,
+    args_conflicts_with_subcommands = true,
+    override_usage = "sandbox-run [OPTIONS] -- PROGRAM [ARGS...]\n       sandbox-run check"
+)]
+struct Cli {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+
+    /// Profile: the name of a built-in profile, or the path of a TOML file.
+    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
+    profile: String,
+
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(EnvName, EnvValue)>,
+
+    /// Hostname inside the sandbox.
+    #[arg(long, value_name = "NAME", value_parser = |s: &str| Hostname::new(s))]
+    hostname: Option<Hostname>,
+
+    /// Working directory of the program inside the sandbox (absolute).
+    #[arg(long, value_name = "DIR", value_parser = |s: &str| AbsPath::new(s))]
+    chdir: Option<AbsPath>,
+
+    /// The program's stdin: null or inherit (default: the profile's).
+    #[arg(long, value_name = "MODE", value_parser = ["null", "inherit"])]
+    stdin: Option<String>,
+
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, value_name = "PROGRAM")]
+    command: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Report what this host supports and whether the default profile can run here.
+    Check,
+}
+
+fn parse_env(s: &str) -> Result<(EnvName, EnvValue), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    Ok((EnvName::new(k)?, EnvValue::new(v)?))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Sub::Check) = cli.sub {
+        let report = sandbox_runner::check::Report::gather();
+        print!("{report}");
+        return if report.default_profile_runs() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    if cli.command.is_empty() {
+        eprintln!(
+            "sandbox-run: no program given\nusage: sandbox-run [OPTIONS] -- PROGRAM [ARGS...]"
+        );
+        return ExitCode::from(2);
+    }
+    let code = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("sandbox-run: cannot start the async runtime: {e}");
+            125
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+async fn run(cli: Cli) -> i32 {
+    let mut profile = match Profile::load(&cli.profile) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sandbox-run: {e}");
+            return 125;
+        }
+    };
+    for (k, v) in cli.env {
+        profile.env.set.insert(k, v);
+    }
+    if let Some(h) = cli.hostname {
+        profile.hostname = h;
+    }
+    if let Some(d) = cli.chdir {
+        profile.cwd = d;
+    }
+    match cli.stdin.as_deref() {
+        Some("null") => profile.stdin = StdinMode::Null,
+        Some("inherit") => profile.stdin = StdinMode::Inherit,
+        _ => {}
+    }
+    if profile.stdin == StdinMode::Pipe {
+        // Nothing in the CLI writes to a stdin pipe: the caller's stdin is the input.
+        profile.stdin = StdinMode::Inherit;
+    }
+    let (program, args) = cli.command.split_first().expect("checked non-empty");
+    let runner = match SandboxRunner::new(profile, program, args.to_vec()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sandbox-run: {e}");
+            return e.exit_code();
+        }
+    };
+    let mut runner = runner
+        .with_stdout(Stdio::Inherit)
+        .with_stderr(Stdio::Inherit);
+
+    // Install the handlers before the start, so no signal sent meanwhile is lost.
+    let mut streams = Vec::new();
+    for sig in FORWARDED {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(sig)) {
+            Ok(s) => streams.push((sig, s)),
+            Err(e) => {
+                eprintln!("sandbox-run: cannot handle signal {sig}: {e}");
+                return 125;
+            }
+        }
+    }
+    if let Err(e) = runner.start().await {
+        eprintln!("sandbox-run: {e}");
+        return e.exit_code();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (sig, mut s) in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let wait = runner.wait();
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            res = &mut wait => {
+                return match res {
+                    Ok(status) => status.code(),
+                    Err(e) => {
+                        eprintln!("sandbox-run: {e}");
+                        125
+                    }
+                };
+            }
+            Some(sig) = rx.recv() => {
+                if let Err(e) = runner.signal(sig) {
+                    eprintln!("sandbox-run: forwarding signal {sig}: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! From a profile and a command line to a [`Plan`]: every string, path and flag the child
+//! needs, decided and allocated in the parent so that the child only reads it.
+
+use libc::c_char;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::error::Error;
+use crate::profile::{Namespaces, Profile, DEFAULT_PATH};
+use crate::spawn::{FdList, Step};
+
+/// The C strings the child passes to system calls.
+pub(crate) struct CStrings {
+    /// `/`, for the propagation change.
+    pub root: CString,
+    /// `/proc`.
+    pub proc_dir: CString,
+    /// `proc`, the file system type (also used as the source name).
+    pub proc_fstype: CString,
+    /// The hostname.
+    pub hostname: CString,
+    /// The plugin's working directory.
+    pub cwd: CString,
+    /// The resolved program path given to `execve`.
+    pub program: CString,
+}
+
+/// Everything a sandbox start needs, prepared in the parent.
+pub struct Plan {
+    pub(crate) clone_flags: u64,
+    pub(crate) ns: Namespaces,
+    pub(crate) new_session: bool,
+    pub(crate) c: CStrings,
+    _argv: Vec<CString>,
+    pub(crate) argv_ptrs: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    pub(crate) envp_ptrs: Vec<*const c_char>,
+    pass: FdList,
+    program_path: PathBuf,
+    env: Vec<(OsString, OsString)>,
+}
+
+// SAFETY: the raw pointers point into the CStrings owned by the same Plan, which is never
+// mutated after construction; sharing it between threads is sharing immutable bytes.
+unsafe impl Send for Plan {}
+unsafe impl Sync for Plan {}
+
+impl Plan {
+    /// Builds the plan for running `program` with `args` under `profile`. `host_env` reads
+    /// the caller's environment (for `TERM` and the profile's pass-through list).
+    pub fn new(
+        profile: &Profile,
+        program: &OsStr,
+        args: &[OsString],
+        host_env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Plan, Error> {
+        if program.is_empty() {
+            return Err(Error::InvalidCommand("no program given".into()));
+        }
+        let env = build_env(profile, host_env);
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        let program_path = resolve_program(program, &path_var)?;
+
+        let cstr = |what: &str, b: &[u8]| {
+            CString::new(b)
+                .map_err(|_| Error::InvalidCommand(format!("{what} contains a NUL byte")))
+        };
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        argv.push(cstr("program", program.as_bytes())?);
+        for a in args {
+            argv.push(cstr("an argument", a.as_bytes())?);
+        }
+        let mut envp = Vec::with_capacity(env.len());
+        for (k, v) in &env {
+            let mut kv = k.clone().into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.push(cstr("an environment entry", &kv)?);
+        }
+        let argv_ptrs = null_terminated(&argv);
+        let envp_ptrs = null_terminated(&envp);
+
+        let ns = profile.namespaces;
+        let mut clone_flags = 0u64;
+        for (on, flag) in [
+            (ns.mount, libc::CLONE_NEWNS),
+            (ns.pid, libc::CLONE_NEWPID),
+            (ns.net, libc::CLONE_NEWNET),
+            (ns.ipc, libc::CLONE_NEWIPC),
+            (ns.uts, libc::CLONE_NEWUTS),
+        ] {
+            if on {
+                clone_flags |= flag as u64;
+            }
+        }
+        let pass: Vec<RawFd> = profile.pass_fds.iter().map(|p| p.0).collect();
+        Ok(Plan {
+            clone_flags,
+            ns,
+            new_session: profile.new_session,
+            c: CStrings {
+                root: c"/".into(),
+                proc_dir: c"/proc".into(),
+                proc_fstype: c"proc".into(),
+                hostname: cstr("hostname", profile.hostname.as_str().as_bytes())?,
+                cwd: cstr("cwd", profile.cwd.as_str().as_bytes())?,
+                program: cstr("program path", program_path.as_os_str().as_bytes())?,
+            },
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            pass: FdList::new(&pass),
+            program_path,
+            env,
+        })
+    }
+
+    /// The profile's `pass_fds`, sorted.
+    pub fn pass_fds(&self) -> &[RawFd] {
+        self.pass.as_slice()
+    }
+
+    /// The resolved path of the program.
+    pub fn program_path(&self) -> &Path {
+        &self.program_path
+    }
+
+    /// The plugin's environment, in order.
+    pub fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    /// The path or object a failing step worked on, for error messages.
+    pub(crate) fn step_path(&self, step: Step) -> String {
+        let s = |c: &CString| c.to_string_lossy().into_owned();
+        match step {
+            Step::MountPrivate => s(&self.c.root),
+            Step::MountProc => s(&self.c.proc_dir),
+            Step::Hostname => s(&self.c.hostname),
+            Step::Loopback => "lo".into(),
+            Step::Chdir => s(&self.c.cwd),
+            Step::Exec => self.program_path.display().to_string(),
+            Step::PassFds => format!("fds {:?}", self.pass_fds()),
+            _ => "-".into(),
+        }
+    }
+}
+
+fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The plugin's environment: `PATH`, `HOME=/`, `TERM` if the caller has it, the `pass`
+/// list, then `set` (later entries replace earlier ones of the same name).
+fn build_env(
+    profile: &Profile,
+    host_env: &dyn Fn(&str) -> Option<OsString>,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut put = |k: &str, v: OsString| {
+        if let Some(slot) = env.iter_mut().find(|(ek, _)| ek == k) {
+            slot.1 = v;
+        } else {
+            env.push((k.into(), v));
+        }
+    };
+    let path = profile
+        .env
+        .path
+        .as_ref()
+        .map_or(DEFAULT_PATH, |p| p.as_str());
+    put("PATH", path.into());
+    put("HOME", "/".into());
+    if let Some(t) = host_env("TERM") {
+        put("TERM", t);
+    }
+    for name in &profile.env.pass {
+        if let Some(v) = host_env(name.as_str()) {
+            put(name.as_str(), v);
+        }
+    }
+    for (k, v) in &profile.env.set {
+        put(k.as_str(), v.as_str().into());
+    }
+    env
+}
+
+/// Resolves the program like `execvp`: a name with a slash is taken as a path (made absolute
+/// against the caller's directory); otherwise the first executable regular file of that
+/// name in `path_var` wins, and a match that is not executable gives `EACCES`.
+pub fn resolve_program(program: &OsStr, path_var: &OsStr) -> Result<PathBuf, Error> {
+    let p = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::host("cannot read the current directory", e))?
+                .join(p)
+        };
+        check_executable(&abs)?;
+        return Ok(abs);
+    }
+    let mut denied: Option<PathBuf> = None;
+    for dir in path_var.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+        let cand = Path::new(OsStr::from_bytes(dir)).join(p);
+        match check_executable(&cand) {
+            Ok(()) => {
+                return Ok(if cand.is_absolute() {
+                    cand
+                } else {
+                    std::env::current_dir()
+                        .map_err(|e| Error::host("cannot read the current directory", e))?
+                        .join(cand)
+                })
+            }
+            Err(Error::NotExecutable { errno, .. }) if errno != Errno::ENOENT => {
+                denied.get_or_insert(cand);
+            }
+            Err(_) => {}
+        }
+    }
+    match denied {
+        Some(path) => Err(Error::NotExecutable {
+            path,
+            errno: Errno::EACCES,
+        }),
+        None => Err(Error::ProgramNotFound {
+            program: program.to_string_lossy().into_owned(),
+            path: path_var.to_string_lossy().into_owned(),
+        }),
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), Error> {
+    let not_exec = |errno| Error::NotExecutable {
+        path: path.to_path_buf(),
+        errno,
+    };
+    let md = std::fs::metadata(path)
+        .map_err(|e| not_exec(Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT))))?;
+    if md.is_dir() {
+        return Err(not_exec(Errno::EISDIR));
+    }
+    if !md.is_file() || md.permissions().mode() & 0o111 == 0 {
+        return Err(not_exec(Errno::EACCES));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    #[test]
+    fn env_is_clean_with_pass_and_set() {
+        let p = Profile::from_toml_str(
+            "[env]\npass = [\"FOO\", \"MISSING\"]\n[env.set]\nHOME = \"/home/x\"\nA = \"1\"\n",
+            "t",
+        )
+        .unwrap();
+        let host = |k: &str| match k {
+            "FOO" => Some("bar".into()),
+            "TERM" => Some("xterm".into()),
+            "SECRET" => Some("no".into()),
+            _ => None,
+        };
+        let plan = Plan::new(&p, OsStr::new("/bin/sh"), &[], &host).unwrap();
+        let env: Vec<_> = plan
+            .env()
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                format!("PATH={DEFAULT_PATH}"),
+                "HOME=/home/x".into(),
+                "TERM=xterm".into(),
+                "FOO=bar".into(),
+                "A=1".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn resolves_like_execvp() {
+        let p = resolve_program(OsStr::new("sh"), OsStr::new("/nonexistent:/bin")).unwrap();
+        assert_eq!(p, PathBuf::from("/bin/sh"));
+        let e = resolve_program(OsStr::new("no-such-program-x"), OsStr::new("/bin")).unwrap_err();
+        assert_eq!(e.exit_code(), 127);
+        let e = resolve_program(OsStr::new("/etc/passwd"), OsStr::new("")).unwrap_err();
+        assert_eq!(e.exit_code(), 126);
+        let e = resolve_program(OsStr::new("/nonexistent/x"), OsStr::new("")).unwrap_err();
+        assert_eq!(e.exit_code(), 127);
+    }
+
+    #[test]
+    fn nul_in_argument_is_refused() {
+        let p = Profile::default();
+        let e = Plan::new(
+            &p,
+            OsStr::new("/bin/sh"),
+            &[OsString::from_vec(b"a\0b".to_vec())],
+            &no_env,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("NUL"), "{e}");
+    }
+}

@@ -1,0 +1,501 @@
+//! [`SandboxRunner`]: the go-plugin runner interfaces implemented with namespaces.
+
+use async_trait::async_trait;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+use tokio::io::Interest;
+
+use nix::errno::Errno;
+use rustix::process::{pidfd_send_signal, Signal, WaitId, WaitIdOptions};
+
+use crate::diagnose::Diagnosis;
+use crate::error::{AddrError, Error};
+use crate::plan::Plan;
+use crate::profile::{Profile, StdinMode};
+use crate::runner::{AddrTranslator, AttachedRunner, PipeReader, PipeWriter, Runner};
+use crate::spawn::{self, ChildFds, FdList, Spawned, Step, StepError, STEP_ERROR_LEN};
+use crate::status::ExitStatus;
+
+/// Where one of the plugin's standard streams goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdio {
+    /// A pipe to the host: [`Runner::stdout`] / [`Runner::stderr`] hand out the read end,
+    /// [`SandboxRunner::take_stdin`] the write end.
+    Pipe,
+    /// The caller's own fd (0, 1 or 2).
+    Inherit,
+    /// `/dev/null`.
+    Null,
+}
+
+/// Runs one plugin in a sandbox of new mount, PID, network, IPC and UTS namespaces.
+///
+/// Build it from a [`Profile`] and a command line, then drive it through [`Runner`] and
+/// [`AttachedRunner`]. Dropping a started runner kills and reaps its sandbox.
+pub struct SandboxRunner {
+    id: String,
+    name: String,
+    profile: Profile,
+    plan: Arc<Plan>,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+    running: Option<Running>,
+    out: Option<PipeReader>,
+    err: Option<PipeReader>,
+    input: Option<PipeWriter>,
+    setup_error: Mutex<Option<String>>,
+}
+
+impl SandboxRunner {
+    /// Prepares a sandbox that runs `program` with `args` under `profile`. Nothing starts
+    /// until [`Runner::start`]. Fails when the program cannot be found or executed, or the
+    /// command line is unusable.
+    pub fn new<I, A>(profile: Profile, program: impl AsRef<OsStr>, args: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let plan = Plan::new(&profile, program.as_ref(), &args, &|k| std::env::var_os(k))?;
+        let stdin = match profile.stdin {
+            StdinMode::Null => Stdio::Null,
+            StdinMode::Inherit => Stdio::Inherit,
+            StdinMode::Pipe => Stdio::Pipe,
+        };
+        Ok(SandboxRunner {
+            id: new_id(),
+            name: plan.program_path().display().to_string(),
+            profile,
+            plan: Arc::new(plan),
+            stdin,
+            stdout: Stdio::Pipe,
+            stderr: Stdio::Pipe,
+            running: None,
+            out: None,
+            err: None,
+            input: None,
+            setup_error: Mutex::new(None),
+        })
+    }
+
+    /// Sets where the plugin's stdin comes from (default: the profile's `stdin`).
+    pub fn with_stdin(mut self, s: Stdio) -> Self {
+        self.stdin = s;
+        self
+    }
+
+    /// Sets where the plugin's stdout goes (default: a pipe).
+    pub fn with_stdout(mut self, s: Stdio) -> Self {
+        self.stdout = s;
+        self
+    }
+
+    /// Sets where the plugin's stderr goes (default: a pipe).
+    pub fn with_stderr(mut self, s: Stdio) -> Self {
+        self.stderr = s;
+        self
+    }
+
+    /// The profile this runner was built from.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The write end of the plugin's stdin when it is a [`Stdio::Pipe`], handed over once.
+    pub fn take_stdin(&mut self) -> Option<PipeWriter> {
+        self.input.take()
+    }
+
+    /// The host pid of the sandbox's init while it runs (for inspection only: every action
+    /// of the runner goes through a pidfd, never this number).
+    pub fn init_pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|r| r.pid)
+    }
+
+    /// Sends `sig` to the plugin (through its init, which forwards TERM, INT, HUP, QUIT, USR1
+    /// and USR2; KILL kills the whole sandbox).
+    pub fn signal(&self, sig: i32) -> Result<(), Error> {
+        let r = self
+            .running
+            .as_ref()
+            .ok_or(Error::State("the sandbox is not started"))?;
+        r.signal(sig)
+    }
+
+    /// The structured diagnosis of the plugin's end so far.
+    pub fn diagnosis(&self) -> Diagnosis {
+        let status = self.running.as_ref().and_then(|r| r.status());
+        let running = self.running.is_some() && status.is_none();
+        let setup = self
+            .setup_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Diagnosis::new(&self.id, &self.name, status, setup, running)
+    }
+
+    async fn start_inner(&mut self) -> Result<(), Error> {
+        for &fd in self.plan.pass_fds() {
+            // SAFETY: F_GETFD only reads the fd's flags.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                return Err(Error::host(
+                    format!("pass_fds: fd {fd} is not open in the caller"),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        let (err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (sync_r, sync_w) = pipe()?;
+        let mut child_side: Vec<OwnedFd> = Vec::new();
+        let mut stdin_fd = -1;
+        match self.stdin {
+            Stdio::Inherit => {}
+            Stdio::Null => stdin_fd = keep(&mut child_side, dev_null(libc::O_RDONLY)?),
+            Stdio::Pipe => {
+                let (r, w) = pipe()?;
+                stdin_fd = keep(&mut child_side, r);
+                self.input = Some(Box::new(
+                    tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                        .map_err(|e| Error::host("stdin pipe", e))?,
+                ));
+            }
+        }
+        let mut output = |s: Stdio, fd: RawFd| -> Result<(RawFd, Option<PipeReader>), Error> {
+            Ok(match s {
+                Stdio::Inherit => (keep(&mut child_side, dup_above2(fd)?), None),
+                Stdio::Null => (keep(&mut child_side, dev_null(libc::O_WRONLY)?), None),
+                Stdio::Pipe => {
+                    let (r, w) = pipe()?;
+                    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                        .map_err(|e| Error::host("output pipe", e))?;
+                    (keep(&mut child_side, w), Some(Box::new(rx) as PipeReader))
+                }
+            })
+        };
+        let (stdout_fd, out) = output(self.stdout, 1)?;
+        let (stderr_fd, err) = output(self.stderr, 2)?;
+        let mut init_keep = vec![err_w.as_raw_fd(), status_w.as_raw_fd(), sync_r.as_raw_fd()];
+        let mut plugin_keep = vec![err_w.as_raw_fd()];
+        init_keep.extend_from_slice(self.plan.pass_fds());
+        plugin_keep.extend_from_slice(self.plan.pass_fds());
+        let fds = ChildFds {
+            stdin: stdin_fd,
+            stdout: stdout_fd,
+            stderr: stderr_fd,
+            err_w: err_w.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            sync_r: sync_r.as_raw_fd(),
+            sync_w: sync_w.as_raw_fd(),
+            init_keep: FdList::new(&init_keep),
+            plugin_keep: FdList::new(&plugin_keep),
+        };
+        child_side.extend([err_w, status_w, sync_r]);
+
+        let Spawned { pid, pidfd } = spawn::spawn(self.plan.clone(), fds, child_side)
+            .await
+            .map_err(|e| Error::host("clone3 into new namespaces", e))?;
+        set_nonblocking(&status_r)?;
+        // From here on, dropping `running` (an error, or a cancelled start) kills and reaps.
+        let running = Running {
+            pid,
+            // SAFETY: an OwnedFd keeps the same open fd for as long as the AsyncFd owns it.
+            pidfd: unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .map_err(|e| Error::host("pidfd", e.into_parts().1))?,
+            status_r,
+            exit: Mutex::new(None),
+        };
+        // Let the child go on, then learn whether it reached execve.
+        write_all(&sync_w, &[1])?;
+        drop(sync_w);
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
+            .map_err(|e| Error::host("error pipe", e))?;
+        let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
+        rx.read_to_end(&mut rec)
+            .await
+            .map_err(|e| Error::host("reading the error pipe", e))?;
+        if rec.len() >= STEP_ERROR_LEN {
+            // SAFETY: StepError is plain old data of exactly STEP_ERROR_LEN bytes.
+            let se: StepError = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+            let _ = running.wait().await;
+            let errno = Errno::from_raw(se.errno);
+            let step = Step::from_u32(se.step).unwrap_or(Step::Exec);
+            return Err(if step == Step::Exec {
+                Error::NotExecutable {
+                    path: self.plan.program_path().to_path_buf(),
+                    errno,
+                }
+            } else {
+                Error::Setup {
+                    step,
+                    path: self.plan.step_path(step),
+                    errno,
+                }
+            });
+        }
+        if !rec.is_empty() {
+            return Err(Error::host(
+                "error pipe",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated step record"),
+            ));
+        }
+        if self.stdout == Stdio::Pipe {
+            self.out = out;
+        }
+        if self.stderr == Stdio::Pipe {
+            self.err = err;
+        }
+        self.running = Some(running);
+        Ok(())
+    }
+}
+
+/// A started sandbox: its init's pidfd and the pipe that carries the plugin's wait status.
+struct Running {
+    pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+    status_r: OwnedFd,
+    exit: Mutex<Option<ExitStatus>>,
+}
+
+impl Running {
+    fn status(&self) -> Option<ExitStatus> {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signal(&self, sig: i32) -> Result<(), Error> {
+        if self.status().is_some() {
+            return Ok(());
+        }
+        let s = Signal::from_named_raw(sig)
+            .ok_or_else(|| Error::host(format!("signal {sig}"), Errno::EINVAL))?;
+        match pidfd_send_signal(self.pidfd.get_ref(), s) {
+            Ok(()) => Ok(()),
+            // Already exited (a zombie not yet reaped): nothing to signal.
+            Err(e) if e == rustix::io::Errno::SRCH => Ok(()),
+            Err(e) => Err(Error::host(format!("sending signal {sig}"), e)),
+        }
+    }
+
+    /// Reaps the init if it has exited; the status is the plugin's when the init reported
+    /// it, else the init's own (a SIGKILL of the whole sandbox).
+    fn try_reap(&self, options: WaitIdOptions) -> Result<Option<ExitStatus>, Error> {
+        let mut g = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = *g {
+            return Ok(Some(s));
+        }
+        let ws = rustix::process::waitid(WaitId::PidFd(self.pidfd.get_ref().as_fd()), options)
+            .map_err(|e| Error::host("waitid on the sandbox init", e))?;
+        let Some(ws) = ws else { return Ok(None) };
+        let mut buf = [0u8; 4];
+        let n = rustix::io::read(&self.status_r, &mut buf).unwrap_or(0);
+        let s = if n == 4 {
+            ExitStatus::from_raw(i32::from_ne_bytes(buf))
+        } else if let Some(code) = ws.exit_status() {
+            ExitStatus::Exited { code }
+        } else {
+            ExitStatus::Signaled {
+                signal: ws.terminating_signal().unwrap_or(libc::SIGKILL),
+                core_dumped: ws.dumped(),
+            }
+        };
+        *g = Some(s);
+        Ok(Some(s))
+    }
+
+    async fn wait(&self) -> Result<ExitStatus, Error> {
+        loop {
+            if let Some(s) = self.try_reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)? {
+                return Ok(s);
+            }
+            let mut guard = self
+                .pidfd
+                .readable()
+                .await
+                .map_err(|e| Error::host("polling the pidfd", e))?;
+            if let Some(s) = self.try_reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)? {
+                return Ok(s);
+            }
+            guard.clear_ready();
+        }
+    }
+
+    async fn kill(&self, grace: Duration) -> Result<(), Error> {
+        if self.status().is_some() {
+            return Ok(());
+        }
+        self.signal(libc::SIGTERM)?;
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            // SIGKILL of the init: the kernel kills every process of the PID namespace and
+            // the init's exit completes only after they are all gone.
+            self.signal(libc::SIGKILL)?;
+            self.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status().is_none() {
+            let _ = pidfd_send_signal(self.pidfd.get_ref(), Signal::KILL);
+            let _ = self.try_reap(WaitIdOptions::EXITED);
+        }
+    }
+}
+
+impl AddrTranslator for SandboxRunner {
+    fn plugin_to_host(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
+        translate(self.profile.namespaces.net, network, addr)
+    }
+
+    fn host_to_plugin(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
+        translate(self.profile.namespaces.net, network, addr)
+    }
+}
+
+/// Without a shared socket directory, only a shared network carries addresses unchanged.
+fn translate(private_net: bool, network: &str, addr: &str) -> Result<(String, String), AddrError> {
+    match network {
+        "tcp" | "tcp4" | "tcp6" if !private_net => Ok((network.into(), addr.into())),
+        "tcp" | "tcp4" | "tcp6" => Err(AddrError::Unsupported {
+            network: network.into(),
+            why: "the sandbox has its own network namespace; its loopback is not the host's".into(),
+        }),
+        "unix" => Err(AddrError::Refused {
+            addr: addr.into(),
+            why: "this sandbox shares no socket directory with the host".into(),
+        }),
+        other => Err(AddrError::Unsupported {
+            network: other.into(),
+            why: "only unix and tcp addresses are known".into(),
+        }),
+    }
+}
+
+#[async_trait]
+impl AttachedRunner for SandboxRunner {
+    async fn wait(&self) -> Result<ExitStatus, Error> {
+        let r = self
+            .running
+            .as_ref()
+            .ok_or(Error::State("the sandbox is not started"))?;
+        r.wait().await
+    }
+
+    async fn kill(&self) -> Result<(), Error> {
+        let r = self
+            .running
+            .as_ref()
+            .ok_or(Error::State("the sandbox is not started"))?;
+        r.kill(self.profile.kill_grace.0).await
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[async_trait]
+impl Runner for SandboxRunner {
+    async fn start(&mut self) -> Result<(), Error> {
+        if self.running.is_some() {
+            return Err(Error::State("the sandbox was already started"));
+        }
+        let res = self.start_inner().await;
+        if let Err(e) = &res {
+            *self.setup_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        res
+    }
+
+    async fn diagnose(&self) -> String {
+        self.diagnosis().text
+    }
+
+    fn stdout(&mut self) -> Option<PipeReader> {
+        self.out.take()
+    }
+
+    fn stderr(&mut self) -> Option<PipeReader> {
+        self.err.take()
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A unique sandbox ID: `sbx-` and 24 random hex digits (never a pid).
+fn new_id() -> String {
+    let mut b = [0u8; 12];
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n > 0 {
+            got += n as usize;
+        }
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("sbx-{hex}")
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::host("pipe2", e))?;
+    Ok((above2(r)?, above2(w)?))
+}
+
+/// Moves an fd to a number >= 3 (CLOEXEC), so the child's `dup2` onto 0, 1, 2 never
+/// overwrites a source it still needs (a caller may have closed its own stdio).
+fn above2(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    dup_above2(fd.as_raw_fd())
+}
+
+fn dup_above2(fd: RawFd) -> Result<OwnedFd, Error> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd we own, or -1.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if n == -1 {
+        return Err(Error::host(
+            format!("duplicating fd {fd}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: n is a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn dev_null(flags: libc::c_int) -> Result<OwnedFd, Error> {
+    // SAFETY: open returns a new fd we own, or -1.
+    let n = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_CLOEXEC) };
+    if n == -1 {
+        return Err(Error::host("/dev/null", std::io::Error::last_os_error()));
+    }
+    // SAFETY: n is a fresh fd.
+    above2(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {
+    let n = fd.as_raw_fd();
+    list.push(fd);
+    n
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
+    rustix::io::ioctl_fionbio(fd, true).map_err(|e| Error::host("O_NONBLOCK", e))
+}
+
+fn write_all(fd: &OwnedFd, buf: &[u8]) -> Result<(), Error> {
+    rustix::io::write(fd, buf)
+        .map(drop)
+        .map_err(|e| Error::host("sync pipe", e))
+}
