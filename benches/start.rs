@@ -1,1 +1,333 @@
-fn main() {}
+//! Start-to-exit latency of `/bin/true`, five ways side by side.
+//!
+//! Each sample is the wall time from just before the process is spawned until its exit
+//! status has been collected:
+//!
+//! 1. `bare tokio::process`: `tokio::process::Command::new("/bin/true").status()`, the floor.
+//! 2. `unshare`: `unshare --mount --pid --net --ipc --uts --fork /bin/true`, the same five
+//!    namespaces as the default profile, made by util-linux (skipped if `unshare` is missing).
+//! 3. `sandbox-run CLI`: `target/release/sandbox-run --stdin null -- /bin/true`, the built
+//!    binary found next to this bench's directory (`target/release/deps/..`).
+//! 4. `library`: in process, `SandboxRunner::new` + `Runner::start` + `AttachedRunner::wait`
+//!    with the built-in `default` profile (loaded once, outside the timed loop) and all three
+//!    standard streams on `/dev/null`.
+//! 5. `bwrap`: `bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc /bin/true`, only
+//!    when `bwrap` is on `PATH` (skipped otherwise).
+//!
+//! Every child's stdin, stdout and stderr are `/dev/null` so that no way pays for a terminal.
+//! Each way is warmed up a few times, then the ways are interleaved round-robin (sample 1 of
+//! each way, then sample 2 of each, ...) so that machine noise hits all of them alike. The
+//! loop runs as a task on a two-worker multi-thread tokio runtime, as a real host would.
+//! Every run must exit with status 0, or the bench aborts.
+//!
+//! It prints a markdown table of median, p90 and min per way, with the ratio of each median
+//! to the bare spawn's and to `unshare`'s.
+//!
+//! Run it (as root, or wherever the sandbox can be built) from the repository root with
+//! `bash benches/start.sh`, which builds the `sandbox-run` binary first and then runs
+//! `cargo bench --bench start`. `BENCH_ITERS` sets the number of samples per way
+//! (default 200).
+
+use std::path::PathBuf;
+use std::process::{exit, Stdio as ProcStdio};
+use std::time::{Duration, Instant};
+
+use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
+use tokio::process::Command;
+
+/// Default number of timed samples per way.
+const DEFAULT_ITERS: usize = 200;
+/// Untimed runs of each way before the timed ones.
+const WARMUP: usize = 5;
+
+/// One way of running `/bin/true`.
+enum Way {
+    Bare,
+    Unshare(PathBuf),
+    Cli(PathBuf),
+    Library(Profile),
+    Bwrap(PathBuf),
+}
+
+impl Way {
+    fn label(&self) -> &'static str {
+        match self {
+            Way::Bare => "bare tokio::process",
+            Way::Unshare(_) => "unshare",
+            Way::Cli(_) => "sandbox-run CLI",
+            Way::Library(_) => "library",
+            Way::Bwrap(_) => "bwrap",
+        }
+    }
+
+    /// Runs `/bin/true` once this way and returns the start-to-exit time; an error when it
+    /// could not run or did not exit with status 0.
+    async fn run_once(&self) -> Result<Duration, String> {
+        match self {
+            Way::Bare => time_command(Command::new("/bin/true")).await,
+            Way::Unshare(unshare) => {
+                let mut cmd = Command::new(unshare);
+                cmd.args([
+                    "--mount",
+                    "--pid",
+                    "--net",
+                    "--ipc",
+                    "--uts",
+                    "--fork",
+                    "/bin/true",
+                ]);
+                time_command(cmd).await
+            }
+            Way::Cli(bin) => {
+                let mut cmd = Command::new(bin);
+                cmd.args(["--stdin", "null", "--", "/bin/true"]);
+                time_command(cmd).await
+            }
+            Way::Library(profile) => {
+                let t0 = Instant::now();
+                let mut r = SandboxRunner::new(profile.clone(), "/bin/true", Vec::<String>::new())
+                    .map_err(|e| format!("SandboxRunner::new: {e}"))?
+                    .with_stdin(Stdio::Null)
+                    .with_stdout(Stdio::Null)
+                    .with_stderr(Stdio::Null);
+                r.start().await.map_err(|e| format!("start: {e}"))?;
+                let status = r.wait().await.map_err(|e| format!("wait: {e}"))?;
+                let elapsed = t0.elapsed();
+                if !status.success() {
+                    return Err(format!("/bin/true in the sandbox ended with {status}"));
+                }
+                Ok(elapsed)
+            }
+            Way::Bwrap(bwrap) => {
+                let mut cmd = Command::new(bwrap);
+                cmd.args([
+                    "--unshare-all",
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--dev",
+                    "/dev",
+                    "--proc",
+                    "/proc",
+                    "/bin/true",
+                ]);
+                time_command(cmd).await
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` with all standard streams on `/dev/null` and times it until its exit.
+async fn time_command(mut cmd: Command) -> Result<Duration, String> {
+    cmd.stdin(ProcStdio::null())
+        .stdout(ProcStdio::null())
+        .stderr(ProcStdio::null());
+    let t0 = Instant::now();
+    let status = cmd
+        .status()
+        .await
+        .map_err(|e| format!("spawning {:?}: {e}", cmd.as_std().get_program()))?;
+    let elapsed = t0.elapsed();
+    if !status.success() {
+        return Err(format!(
+            "{:?} {:?} ended with {status}",
+            cmd.as_std().get_program(),
+            cmd.as_std().get_args().collect::<Vec<_>>()
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// The first executable file called `name` in a directory of `PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// `target/<profile>/sandbox-run`, next to the `deps/` directory this bench runs from.
+fn cli_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("sandbox-run");
+    bin.is_file().then_some(bin)
+}
+
+/// Kernel release, CPU count and CPU model of this machine.
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| {
+            std::process::Command::new("uname")
+                .arg("-r")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|_| "unknown".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("Linux {kernel}, {cpus} CPUs, {model}")
+}
+
+/// Median, p90 and min of one way's samples.
+struct Stats {
+    median: Duration,
+    p90: Duration,
+    min: Duration,
+}
+
+impl Stats {
+    fn of(samples: &mut [Duration]) -> Stats {
+        samples.sort_unstable();
+        let n = samples.len();
+        let median = if n % 2 == 1 {
+            samples[n / 2]
+        } else {
+            (samples[n / 2 - 1] + samples[n / 2]) / 2
+        };
+        // Nearest-rank p90.
+        let p90 = samples[(n * 9).div_ceil(10).max(1) - 1];
+        Stats {
+            median,
+            p90,
+            min: samples[0],
+        }
+    }
+}
+
+/// `123.45 µs` below a millisecond, `1.23 ms` above.
+fn fmt_time(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.2} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+fn fmt_ratio(d: Duration, base: Option<Duration>) -> String {
+    match base {
+        Some(b) if !b.is_zero() => format!("{:.2}×", d.as_secs_f64() / b.as_secs_f64()),
+        _ => "n/a".into(),
+    }
+}
+
+fn fail(msg: impl AsRef<str>) -> ! {
+    eprintln!("bench start: {}", msg.as_ref());
+    exit(1);
+}
+
+async fn bench(iters: usize) {
+    let mut ways = vec![Way::Bare];
+    let mut notes = Vec::new();
+    match find_on_path("unshare") {
+        Some(p) => ways.push(Way::Unshare(p)),
+        None => {
+            notes.push("note: `unshare` is not on PATH; the unshare way is skipped".to_string())
+        }
+    }
+    match cli_binary() {
+        Some(p) => ways.push(Way::Cli(p)),
+        None => notes.push(
+            "note: target/release/sandbox-run is missing; run `cargo build --release` first \
+             (or `bash benches/start.sh`, which does); the CLI way is skipped"
+                .to_string(),
+        ),
+    }
+    let profile =
+        Profile::builtin("default").unwrap_or_else(|e| fail(format!("default profile: {e}")));
+    ways.push(Way::Library(profile));
+    match find_on_path("bwrap") {
+        Some(p) => ways.push(Way::Bwrap(p)),
+        None => notes.push("note: `bwrap` is not on PATH; the bwrap way is skipped".to_string()),
+    }
+
+    for way in &ways {
+        for _ in 0..WARMUP {
+            if let Err(e) = way.run_once().await {
+                fail(format!("{} (warm-up): {e}", way.label()));
+            }
+        }
+    }
+
+    let mut samples: Vec<Vec<Duration>> = ways.iter().map(|_| Vec::with_capacity(iters)).collect();
+    for i in 0..iters {
+        for (way, out) in ways.iter().zip(samples.iter_mut()) {
+            match way.run_once().await {
+                Ok(d) => out.push(d),
+                Err(e) => fail(format!("{} (run {}): {e}", way.label(), i + 1)),
+            }
+        }
+    }
+
+    let stats: Vec<Stats> = samples.iter_mut().map(|s| Stats::of(s)).collect();
+    let base_of = |pred: fn(&Way) -> bool| {
+        ways.iter()
+            .zip(&stats)
+            .find(|(w, _)| pred(w))
+            .map(|(_, s)| s.median)
+    };
+    let bare = base_of(|w| matches!(w, Way::Bare));
+    let unshare = base_of(|w| matches!(w, Way::Unshare(_)));
+
+    println!();
+    println!(
+        "start-to-exit of /bin/true — {} — {iters} iterations per way \
+         (+{WARMUP} warm-up), round-robin, tokio multi-thread runtime with 2 workers",
+        machine()
+    );
+    for note in &notes {
+        println!("{note}");
+    }
+    println!();
+    println!("| way | median | p90 | min | ratio to bare spawn | ratio to unshare |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (way, s) in ways.iter().zip(&stats) {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            way.label(),
+            fmt_time(s.median),
+            fmt_time(s.p90),
+            fmt_time(s.min),
+            fmt_ratio(s.median, bare),
+            fmt_ratio(s.median, unshare),
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench` (and any filter); this bench takes no arguments.
+    let iters = match std::env::var("BENCH_ITERS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => fail(format!("BENCH_ITERS must be a positive integer, not {v:?}")),
+        },
+        Err(_) => DEFAULT_ITERS,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("building the tokio runtime: {e}")));
+    rt.block_on(async move {
+        // Run on a worker thread, as a host's task would, not on the blocking main thread.
+        if let Err(e) = tokio::spawn(bench(iters)).await {
+            fail(format!("the bench task failed: {e}"));
+        }
+    });
+}

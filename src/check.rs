@@ -1,33 +1,1195 @@
-//! `sandbox-run check`: what this host supports (filled in by the check module work).
+//! `sandbox-run check`: what this host supports, and whether the default profile can run.
+//!
+//! [`Report::gather`] probes the host (namespaces, cgroups, seccomp, Landlock, pidfd,
+//! `close_range`, unprivileged user namespaces, capabilities); its [`Display`](fmt::Display)
+//! output is what `sandbox-run check` prints. The cgroup parsers ([`parse_mountinfo`],
+//! [`parse_proc_cgroup`], [`own_cgroup_dir`], [`cgroup_mode`]) are pure functions over the
+//! texts of `/proc/self/mountinfo` and `/proc/self/cgroup`, so the cgroup module can reuse them.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+/// The namespace kinds reported, as (name in `/proc/self/ns`, clone flag).
+const NAMESPACES: [(&str, libc::c_int); 7] = [
+    ("mnt", libc::CLONE_NEWNS),
+    ("pid", libc::CLONE_NEWPID),
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("user", libc::CLONE_NEWUSER),
+    ("cgroup", libc::CLONE_NEWCGROUP),
+];
+
+/// The namespaces the default profile creates, joined for messages.
+const DEFAULT_NS_NAMES: &str = "mnt+pid+net+ipc+uts";
+
+/// The clone flags of the namespaces the default profile creates.
+const DEFAULT_NS_FLAGS: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// The bit of `CAP_SYS_ADMIN` in capability masks (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Capability names by bit number (linux/capability.h), for listing missing ones.
+const CAP_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The name of capability `bit`, or `cap_<bit>` for ones newer than [`CAP_NAMES`].
+fn cap_name(bit: u32) -> String {
+    CAP_NAMES
+        .get(bit as usize)
+        .map_or_else(|| format!("cap_{bit}"), |n| (*n).to_owned())
+}
+
+/// The cgroup controllers the sandbox will use for limits.
+const WANTED_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// Super options of a v1 cgroup mount that are not controller names.
+const V1_NON_CONTROLLER_OPTIONS: [&str; 8] = [
+    "rw",
+    "ro",
+    "xattr",
+    "clone_children",
+    "noprefix",
+    "cpuset_v2_mode",
+    "none",
+    "all",
+];
+
+/// The version of a cgroup filesystem mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// A legacy `cgroup` (v1) hierarchy.
+    V1,
+    /// The unified `cgroup2` hierarchy.
+    V2,
+}
+
+/// One cgroup (v1) or cgroup2 mount, from a line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Whether this is a v1 (`cgroup`) or v2 (`cgroup2`) mount.
+    pub version: CgroupVersion,
+    /// Where it is mounted (octal escapes such as `\040` already decoded).
+    pub mount_point: PathBuf,
+    /// The cgroup shown at the mount point (4th mountinfo field), usually `/`; a subpath
+    /// when only part of the hierarchy is mounted (containers, bind mounts).
+    pub root: String,
+    /// For v1, the controllers bound to this hierarchy, from the super options
+    /// (e.g. `["cpu", "cpuacct"]`); empty for v2 and for named-only v1 hierarchies.
+    pub controllers: Vec<String>,
+    /// For v1, the `name=` of a named hierarchy (e.g. `systemd`).
+    pub name: Option<String>,
+    /// All super options (last mountinfo field), e.g. `rw,nsdelegate`.
+    pub super_options: Vec<String>,
+}
+
+impl CgroupMount {
+    /// Whether this mount is the v1 hierarchy with `controller` bound to it.
+    pub fn has_controller(&self, controller: &str) -> bool {
+        self.version == CgroupVersion::V1 && self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// One line of `/proc/self/cgroup`: this process's cgroup in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCgroup {
+    /// The hierarchy ID (first field); 0 for the v2 unified hierarchy.
+    pub hierarchy_id: u32,
+    /// The v1 controllers of the hierarchy (second field, without `name=` entries);
+    /// empty for v2.
+    pub controllers: Vec<String>,
+    /// The `name=` of a named v1 hierarchy (e.g. `systemd`).
+    pub name: Option<String>,
+    /// The cgroup path relative to the hierarchy root (as seen from this cgroup namespace).
+    pub path: String,
+}
+
+impl OwnCgroup {
+    /// Whether this line is the v2 unified hierarchy (`0::/path`).
+    pub fn is_v2(&self) -> bool {
+        self.hierarchy_id == 0 && self.controllers.is_empty() && self.name.is_none()
+    }
+
+    /// Whether `mount` is a mount of this line's hierarchy.
+    pub fn matches(&self, mount: &CgroupMount) -> bool {
+        match mount.version {
+            CgroupVersion::V2 => self.is_v2(),
+            CgroupVersion::V1 => {
+                if self.is_v2() {
+                    return false;
+                }
+                let mut a = self.controllers.clone();
+                let mut b = mount.controllers.clone();
+                a.sort();
+                b.sort();
+                a == b && self.name == mount.name
+            }
+        }
+    }
+}
+
+/// How the cgroup hierarchies of the host are arranged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Only cgroup2 is mounted (v1 hierarchies, if any, carry no controllers).
+    Unified {
+        /// The cgroup2 mount point.
+        path: PathBuf,
+    },
+    /// v1 controller hierarchies plus a cgroup2 mount.
+    Hybrid {
+        /// The cgroup2 mount point.
+        unified: PathBuf,
+    },
+    /// Only v1 hierarchies.
+    Legacy,
+    /// No cgroup filesystem is mounted.
+    None,
+}
+
+impl fmt::Display for CgroupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CgroupMode::Unified { path } => write!(f, "v2 (unified) at {}", path.display()),
+            CgroupMode::Hybrid { unified } => write!(
+                f,
+                "hybrid (v1 controllers + cgroup2 at {})",
+                unified.display()
+            ),
+            CgroupMode::Legacy => write!(f, "v1"),
+            CgroupMode::None => write!(f, "none (no cgroup filesystem mounted)"),
+        }
+    }
+}
+
+/// Decodes the octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash)
+/// that the kernel uses in mountinfo fields.
+pub fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let digits = &bytes[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                if let Ok(byte) = u8::try_from(value) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses the text of `/proc/self/mountinfo` and returns every `cgroup` and `cgroup2` mount,
+/// in file order. Malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    text.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// Parses one mountinfo line; `None` when it is not a cgroup mount or is malformed.
+fn parse_mountinfo_line(line: &str) -> Option<CgroupMount> {
+    // id parent major:minor root mount_point mount_options [optional...] - fstype source super
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let sep = fields.iter().position(|f| *f == "-")?;
+    if sep < 6 {
+        return None;
+    }
+    let fstype = *fields.get(sep + 1)?;
+    let version = match fstype {
+        "cgroup" => CgroupVersion::V1,
+        "cgroup2" => CgroupVersion::V2,
+        _ => return None,
+    };
+    let super_options: Vec<String> = fields
+        .get(sep + 3)
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut controllers = Vec::new();
+    let mut name = None;
+    if version == CgroupVersion::V1 {
+        for opt in &super_options {
+            if let Some(n) = opt.strip_prefix("name=") {
+                name = Some(n.to_owned());
+            } else if !opt.contains('=') && !V1_NON_CONTROLLER_OPTIONS.contains(&opt.as_str()) {
+                controllers.push(opt.clone());
+            }
+        }
+    }
+    Some(CgroupMount {
+        version,
+        mount_point: PathBuf::from(unescape_mountinfo(fields[4])),
+        root: unescape_mountinfo(fields[3]),
+        controllers,
+        name,
+        super_options,
+    })
+}
+
+/// Parses the text of `/proc/self/cgroup` (`N:ctrl1,ctrl2:/path` for v1,
+/// `N:name=foo:/path` for named v1 hierarchies, `0::/path` for v2). Malformed lines are
+/// skipped.
+pub fn parse_proc_cgroup(text: &str) -> Vec<OwnCgroup> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let hierarchy_id = parts.next()?.trim().parse().ok()?;
+            let list = parts.next()?;
+            let path = parts.next()?.to_owned();
+            let mut controllers = Vec::new();
+            let mut name = None;
+            for item in list.split(',').filter(|s| !s.is_empty()) {
+                match item.strip_prefix("name=") {
+                    Some(n) => name = Some(n.to_owned()),
+                    None => controllers.push(item.to_owned()),
+                }
+            }
+            Some(OwnCgroup {
+                hierarchy_id,
+                controllers,
+                name,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The directory of the cgroup `own_path` under `mount`: the mount point joined with
+/// `own_path` stripped of the mount's root. `None` when `own_path` is not inside the part of
+/// the hierarchy that is mounted there.
+pub fn own_cgroup_dir(mount: &CgroupMount, own_path: &str) -> Option<PathBuf> {
+    let rel = Path::new(own_path).strip_prefix(&mount.root).ok()?;
+    if rel.as_os_str().is_empty() {
+        Some(mount.mount_point.clone())
+    } else {
+        Some(mount.mount_point.join(rel))
+    }
+}
+
+/// The first mount of `own`'s hierarchy under which `own`'s cgroup is visible, with the
+/// cgroup's directory there.
+pub fn find_own_dir<'a>(
+    mounts: &'a [CgroupMount],
+    own: &OwnCgroup,
+) -> Option<(&'a CgroupMount, PathBuf)> {
+    mounts
+        .iter()
+        .filter(|m| own.matches(m))
+        .find_map(|m| own_cgroup_dir(m, &own.path).map(|d| (m, d)))
+}
+
+/// The cgroup mode of a host with these mounts.
+pub fn cgroup_mode(mounts: &[CgroupMount]) -> CgroupMode {
+    let v2 = mounts.iter().find(|m| m.version == CgroupVersion::V2);
+    let v1_controllers = mounts
+        .iter()
+        .any(|m| m.version == CgroupVersion::V1 && !m.controllers.is_empty());
+    match (v2, v1_controllers) {
+        (Some(m), true) => CgroupMode::Hybrid {
+            unified: m.mount_point.clone(),
+        },
+        (Some(m), false) => CgroupMode::Unified {
+            path: m.mount_point.clone(),
+        },
+        (None, true) => CgroupMode::Legacy,
+        (None, false) => {
+            if mounts.is_empty() {
+                CgroupMode::None
+            } else {
+                CgroupMode::Legacy
+            }
+        }
+    }
+}
+
+/// Reads a file as text; the error is a short human reason (e.g. `ENOENT: No such file or
+/// directory`).
+fn read_text(path: impl AsRef<Path>) -> Result<String, String> {
+    std::fs::read_to_string(path.as_ref()).map_err(|e| io_reason(&e))
+}
+
+/// A short reason for an I/O error: the errno name and text when there is one.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => Errno::from_raw(code).to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// `Ok(())` when this process may write to `path`, else the reason.
+fn writable(path: &Path) -> Result<(), Errno> {
+    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
+}
+
+/// Words of a whitespace-separated controller list file.
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Formats a list, `(none)` when empty.
+fn list_or_none(items: &[String], sep: &str) -> String {
+    if items.is_empty() {
+        "(none)".to_owned()
+    } else {
+        items.join(sep)
+    }
+}
+
+/// Formats a probe result.
+fn ok_or_errno(r: &Result<(), Errno>) -> String {
+    match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("failed ({e})"),
+    }
+}
+
+/// One namespace kind's probe.
+struct NsProbe {
+    name: &'static str,
+    present: Result<(), String>,
+    create: Result<(), Errno>,
+}
+
+/// The v2 own cgroup directory and its controller files.
+struct V2Own {
+    dir: PathBuf,
+    controllers: Result<Vec<String>, String>,
+    subtree_control: Result<Vec<String>, String>,
+    writable: Result<(), Errno>,
+}
+
+/// Where a wanted controller lives and whether it can be used.
+enum ControllerState {
+    /// Bound to a v1 hierarchy.
+    V1 {
+        mount: PathBuf,
+        own_path: Option<String>,
+        dir: Option<PathBuf>,
+        writable: Option<Result<(), Errno>>,
+    },
+    /// Enabled in the own v2 cgroup's `cgroup.subtree_control`.
+    V2Delegated,
+    /// In the own v2 cgroup's `cgroup.controllers` but not yet in `cgroup.subtree_control`.
+    V2Enableable,
+    /// Not available anywhere.
+    Missing,
+}
+
+/// The cgroup part of the report.
+struct CgroupReport {
+    mountinfo: Result<Vec<CgroupMount>, String>,
+    own: Result<Vec<OwnCgroup>, String>,
+    v2: Option<Result<V2Own, String>>,
+    wanted: Vec<(&'static str, ControllerState)>,
+}
+
+impl CgroupReport {
+    fn gather() -> CgroupReport {
+        let mountinfo = read_text("/proc/self/mountinfo").map(|t| parse_mountinfo(&t));
+        let own = read_text("/proc/self/cgroup").map(|t| parse_proc_cgroup(&t));
+        let empty_mounts = Vec::new();
+        let empty_own = Vec::new();
+        let mounts = mountinfo.as_ref().unwrap_or(&empty_mounts);
+        let owns = own.as_ref().unwrap_or(&empty_own);
+
+        let has_v2_mount = mounts.iter().any(|m| m.version == CgroupVersion::V2);
+        let v2 = if has_v2_mount {
+            Some(match owns.iter().find(|o| o.is_v2()) {
+                None => Err("no 0::/path line in /proc/self/cgroup".to_owned()),
+                Some(o) => match find_own_dir(mounts, o) {
+                    None => Err(format!(
+                        "own cgroup {} is outside every cgroup2 mount's root",
+                        o.path
+                    )),
+                    Some((_, dir)) => Ok(V2Own {
+                        controllers: read_text(dir.join("cgroup.controllers")).map(|t| words(&t)),
+                        subtree_control: read_text(dir.join("cgroup.subtree_control"))
+                            .map(|t| words(&t)),
+                        writable: writable(&dir),
+                        dir,
+                    }),
+                },
+            })
+        } else {
+            None
+        };
+
+        let wanted = WANTED_CONTROLLERS
+            .iter()
+            .map(|&ctrl| (ctrl, controller_state(ctrl, mounts, owns, v2.as_ref())))
+            .collect();
+        CgroupReport {
+            mountinfo,
+            own,
+            v2,
+            wanted,
+        }
+    }
+}
+
+/// Works out where `ctrl` lives.
+fn controller_state(
+    ctrl: &str,
+    mounts: &[CgroupMount],
+    owns: &[OwnCgroup],
+    v2: Option<&Result<V2Own, String>>,
+) -> ControllerState {
+    if let Some(mount) = mounts.iter().find(|m| m.has_controller(ctrl)) {
+        let own = owns.iter().find(|o| o.matches(mount));
+        let dir = own.and_then(|o| find_own_dir(mounts, o).map(|(_, d)| d));
+        let writable = dir.as_deref().map(writable);
+        return ControllerState::V1 {
+            mount: mount.mount_point.clone(),
+            own_path: own.map(|o| o.path.clone()),
+            dir,
+            writable,
+        };
+    }
+    if let Some(Ok(v2)) = v2 {
+        let has = |r: &Result<Vec<String>, String>| {
+            r.as_ref()
+                .map(|l| l.iter().any(|c| c == ctrl))
+                .unwrap_or(false)
+        };
+        if has(&v2.subtree_control) {
+            return ControllerState::V2Delegated;
+        }
+        if has(&v2.controllers) {
+            return ControllerState::V2Enableable;
+        }
+    }
+    ControllerState::Missing
+}
+
+/// The unprivileged user namespace sysctls.
+struct UsernsReport {
+    unprivileged_userns_clone: Result<String, String>,
+    max_user_namespaces: Result<String, String>,
+    apparmor_restrict: Result<String, String>,
+}
+
+impl UsernsReport {
+    fn gather() -> UsernsReport {
+        let read = |p: &str| read_text(p).map(|s| s.trim().to_owned());
+        UsernsReport {
+            unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
+            max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
+            apparmor_restrict: read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+        }
+    }
+
+    /// One-line conclusion on whether unprivileged users may create user namespaces.
+    fn conclusion(&self) -> String {
+        let mut blockers = Vec::new();
+        if self.unprivileged_userns_clone.as_deref() == Ok("0") {
+            blockers.push("kernel.unprivileged_userns_clone=0");
+        }
+        if self.max_user_namespaces.as_deref() == Ok("0") {
+            blockers.push("user.max_user_namespaces=0");
+        }
+        if !blockers.is_empty() {
+            return format!("disabled ({})", blockers.join(", "));
+        }
+        if self.apparmor_restrict.as_deref() == Ok("1") {
+            return "restricted by AppArmor (kernel.apparmor_restrict_unprivileged_userns=1): \
+                    allowed only for programs with an AppArmor profile granting userns"
+                .to_owned();
+        }
+        "allowed (no sysctl restricts them)".to_owned()
+    }
+}
 
 /// A report of the host's sandboxing support.
 pub struct Report {
-    clone_ok: Result<(), nix::errno::Errno>,
+    kernel: Result<String, String>,
+    uid: u32,
+    euid: u32,
+    cap_eff: Result<u64, String>,
+    cap_last_cap: Option<u32>,
+    namespaces: Vec<NsProbe>,
+    default_ns: Result<(), Errno>,
+    cgroups: CgroupReport,
+    seccomp_mode: Result<i32, Errno>,
+    seccomp_actions: Result<String, String>,
+    landlock: Result<i64, Errno>,
+    pidfd: Result<(), String>,
+    clone3: Result<(), Errno>,
+    close_range: Result<(), Errno>,
+    userns: UsernsReport,
 }
 
 impl Report {
-    /// Probes the host.
+    /// Probes the host. Never fails: whatever cannot be read is reported as unavailable.
     pub fn gather() -> Report {
-        let flags = (libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS) as u64;
+        let namespaces = NAMESPACES
+            .iter()
+            .map(|&(name, flag)| NsProbe {
+                name,
+                present: std::fs::symlink_metadata(format!("/proc/self/ns/{name}"))
+                    .map(|_| ())
+                    .map_err(|e| io_reason(&e)),
+                create: crate::spawn::probe_clone(flag as u64),
+            })
+            .collect();
+        let status = read_text("/proc/self/status");
+        let cap_eff = status.and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .ok_or_else(|| "no CapEff line in /proc/self/status".to_owned())
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).map_err(|e| e.to_string()))
+        });
         Report {
-            clone_ok: crate::spawn::probe_clone(flags),
+            kernel: read_text("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()),
+            uid: nix::unistd::getuid().as_raw(),
+            euid: nix::unistd::geteuid().as_raw(),
+            cap_eff,
+            cap_last_cap: read_text("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+            namespaces,
+            default_ns: crate::spawn::probe_clone(DEFAULT_NS_FLAGS as u64),
+            cgroups: CgroupReport::gather(),
+            seccomp_mode: probe_seccomp(),
+            seccomp_actions: read_text("/proc/sys/kernel/seccomp/actions_avail")
+                .map(|s| s.trim().to_owned()),
+            landlock: probe_landlock(),
+            pidfd: rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .map(drop)
+            .map_err(|e| e.to_string()),
+            clone3: crate::spawn::probe_clone(0),
+            close_range: probe_close_range(),
+            userns: UsernsReport::gather(),
         }
     }
 
     /// Whether the default profile can run on this host.
     pub fn default_profile_runs(&self) -> bool {
-        self.clone_ok.is_ok()
+        self.problems().is_empty()
+    }
+
+    /// Human reasons why the default profile cannot run on this host; empty when it can.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.default_ns {
+            let hint = match e {
+                Errno::EPERM => {
+                    "run as root or give the process CAP_SYS_ADMIN (check seccomp/AppArmor \
+                     policies of a container runtime too)"
+                }
+                Errno::ENOSYS => "the kernel lacks clone3 (needs Linux >= 5.3)",
+                Errno::EINVAL => "the kernel lacks one of these namespace kinds",
+                Errno::ENOSPC => {
+                    "a namespace limit is reached (see /proc/sys/user/max_*_namespaces)"
+                }
+                Errno::EUSERS => "too many nested namespaces",
+                _ => "see clone(2)",
+            };
+            problems.push(format!(
+                "cannot create namespaces {DEFAULT_NS_NAMES}: {e}; {hint}"
+            ));
+        }
+        if let Err(e) = &self.pidfd {
+            problems.push(format!(
+                "pidfd_open does not work ({e}); needs Linux >= 5.3"
+            ));
+        }
+        if let Err(e) = self.close_range {
+            problems.push(format!(
+                "close_range is not available ({e}); needs Linux >= 5.9"
+            ));
+        }
+        problems
+    }
+
+    fn fmt_identity(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "identity:")?;
+        let root = if self.euid == 0 { " (root)" } else { "" };
+        writeln!(f, "  uid: {}, euid: {}{root}", self.uid, self.euid)?;
+        match &self.cap_eff {
+            Ok(caps) => {
+                let sys_admin = if caps & (1 << CAP_SYS_ADMIN) != 0 {
+                    "yes"
+                } else {
+                    "no"
+                };
+                let count = caps.count_ones();
+                let summary = match self.cap_last_cap {
+                    Some(last) if last < 64 => {
+                        let missing: Vec<String> = (0..=last)
+                            .filter(|b| caps & (1 << b) == 0)
+                            .map(cap_name)
+                            .collect();
+                        if missing.is_empty() {
+                            "all".to_owned()
+                        } else {
+                            format!("missing {}", missing.join(" "))
+                        }
+                    }
+                    _ => "cap_last_cap unknown".to_owned(),
+                };
+                writeln!(
+                    f,
+                    "  effective capabilities (CapEff): {caps:016x} ({count} capabilities, \
+                     {summary}; CAP_SYS_ADMIN: {sys_admin})"
+                )
+            }
+            Err(e) => writeln!(f, "  effective capabilities (CapEff): unavailable ({e})"),
+        }
+    }
+
+    fn fmt_namespaces(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "namespaces:")?;
+        for ns in &self.namespaces {
+            let present = match &ns.present {
+                Ok(()) => "present".to_owned(),
+                Err(e) => format!("not present ({e})"),
+            };
+            let create = match ns.create {
+                Ok(()) => "can create".to_owned(),
+                Err(e) => format!("cannot create ({e})"),
+            };
+            writeln!(
+                f,
+                "  {:<7} kernel: {present}; this process: {create}",
+                ns.name
+            )?;
+        }
+        writeln!(
+            f,
+            "  default profile set {DEFAULT_NS_NAMES}: {}",
+            match self.default_ns {
+                Ok(()) => "can create".to_owned(),
+                Err(e) => format!("cannot create ({e})"),
+            }
+        )
+    }
+
+    fn fmt_cgroups(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cg = &self.cgroups;
+        writeln!(f, "cgroups:")?;
+        let mut notes = Vec::new();
+        match &cg.mountinfo {
+            Err(e) => writeln!(f, "  mounts: unavailable (/proc/self/mountinfo: {e})")?,
+            Ok(mounts) => {
+                writeln!(f, "  mode: {}", cgroup_mode(mounts))?;
+                if mounts.is_empty() {
+                    writeln!(f, "  mounts: (none)")?;
+                }
+                for m in mounts {
+                    let root = if m.root == "/" {
+                        String::new()
+                    } else {
+                        format!(" (mount root {})", m.root)
+                    };
+                    match m.version {
+                        CgroupVersion::V2 => writeln!(
+                            f,
+                            "  mount: cgroup2 at {}{root} options {}",
+                            m.mount_point.display(),
+                            m.super_options.join(",")
+                        )?,
+                        CgroupVersion::V1 => {
+                            let mut what = m.controllers.clone();
+                            if let Some(n) = &m.name {
+                                what.push(format!("name={n}"));
+                            }
+                            writeln!(
+                                f,
+                                "  mount: cgroup v1 at {}{root} controllers {}",
+                                m.mount_point.display(),
+                                list_or_none(&what, ",")
+                            )?
+                        }
+                    }
+                }
+            }
+        }
+        match &cg.own {
+            Err(e) => writeln!(f, "  own cgroup: unavailable (/proc/self/cgroup: {e})")?,
+            Ok(owns) => {
+                for o in owns {
+                    let hierarchy = if o.is_v2() {
+                        "v2 (unified)".to_owned()
+                    } else {
+                        let mut what = o.controllers.clone();
+                        if let Some(n) = &o.name {
+                            what.push(format!("name={n}"));
+                        }
+                        format!("v1 #{} {}", o.hierarchy_id, list_or_none(&what, ","))
+                    };
+                    writeln!(f, "  own cgroup: {hierarchy}: {}", o.path)?;
+                }
+            }
+        }
+        match &cg.v2 {
+            None => {}
+            Some(Err(e)) => writeln!(f, "  v2 own cgroup dir: unavailable ({e})")?,
+            Some(Ok(v2)) => {
+                writeln!(f, "  v2 own cgroup dir: {}", v2.dir.display())?;
+                let show = |r: &Result<Vec<String>, String>| match r {
+                    Ok(l) => list_or_none(l, " "),
+                    Err(e) => format!("unavailable ({e})"),
+                };
+                writeln!(f, "    cgroup.controllers: {}", show(&v2.controllers))?;
+                writeln!(
+                    f,
+                    "    cgroup.subtree_control: {}",
+                    show(&v2.subtree_control)
+                )?;
+                writeln!(
+                    f,
+                    "    writable: {}",
+                    match v2.writable {
+                        Ok(()) => "yes".to_owned(),
+                        Err(e) => format!("no ({e})"),
+                    }
+                )?;
+            }
+        }
+        let v2_dir = match &cg.v2 {
+            Some(Ok(v2)) => Some(v2.dir.clone()),
+            _ => None,
+        };
+        for (ctrl, state) in &cg.wanted {
+            match state {
+                ControllerState::V1 {
+                    mount,
+                    own_path,
+                    dir,
+                    writable,
+                } => {
+                    let own = own_path.as_deref().unwrap_or("(not in /proc/self/cgroup)");
+                    let dir_text = match (dir, writable) {
+                        (Some(d), Some(Ok(()))) => format!("dir {} writable", d.display()),
+                        (Some(d), Some(Err(e))) => {
+                            notes.push(format!(
+                                "{ctrl}: own v1 cgroup dir {} is not writable ({e})",
+                                d.display()
+                            ));
+                            format!("dir {} not writable ({e})", d.display())
+                        }
+                        _ => {
+                            notes.push(format!(
+                                "{ctrl}: own v1 cgroup {own} is not visible under {}",
+                                mount.display()
+                            ));
+                            "dir not visible under the mount".to_owned()
+                        }
+                    };
+                    writeln!(
+                        f,
+                        "  controller {ctrl}: v1 at {}, own cgroup {own}, {dir_text}",
+                        mount.display()
+                    )?;
+                }
+                ControllerState::V2Delegated => writeln!(
+                    f,
+                    "  controller {ctrl}: v2, delegated (in cgroup.subtree_control)"
+                )?,
+                ControllerState::V2Enableable => {
+                    let dir = v2_dir
+                        .as_deref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default();
+                    writeln!(
+                        f,
+                        "  controller {ctrl}: v2, available (in cgroup.controllers), not enabled \
+                         in cgroup.subtree_control"
+                    )?;
+                    notes.push(format!(
+                        "{ctrl}: enable with `echo +{ctrl} > {dir}/cgroup.subtree_control` (the own \
+                         cgroup must first have no processes of its own: move them to a leaf)"
+                    ));
+                }
+                ControllerState::Missing => {
+                    writeln!(f, "  controller {ctrl}: missing")?;
+                    let hint = match &v2_dir {
+                        Some(d) => format!(
+                            "delegate it to {} (systemd: `Delegate=yes` on the unit, or \
+                             `systemd-run --user -p Delegate=yes ...`; otherwise \
+                             `echo +{ctrl} > <parent>/cgroup.subtree_control` in each ancestor)",
+                            d.display()
+                        ),
+                        None => format!("mount a cgroup v1 hierarchy with the {ctrl} controller"),
+                    };
+                    notes.push(format!("{ctrl}: missing; {hint}"));
+                }
+            }
+        }
+        for note in notes {
+            writeln!(f, "  note: {note} (not needed by the default profile yet)")?;
+        }
+        Ok(())
+    }
+
+    fn fmt_other(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.seccomp_mode {
+            Ok(mode) => {
+                let this = match mode {
+                    0 => "not filtered",
+                    1 => "strict mode",
+                    2 => "already under a filter",
+                    _ => "unknown mode",
+                };
+                writeln!(f, "seccomp: supported (this process: {this})")?
+            }
+            Err(Errno::EINVAL) => writeln!(f, "seccomp: not supported (PR_GET_SECCOMP: EINVAL)")?,
+            Err(e) => writeln!(f, "seccomp: unknown (PR_GET_SECCOMP: {e})")?,
+        }
+        match &self.seccomp_actions {
+            Ok(a) => writeln!(f, "seccomp actions: {a}")?,
+            Err(e) => writeln!(f, "seccomp actions: unavailable ({e})")?,
+        }
+        match self.landlock {
+            Ok(abi) => writeln!(f, "landlock: supported, ABI version {abi}")?,
+            Err(Errno::ENOSYS) => writeln!(f, "landlock: not built into this kernel (ENOSYS)")?,
+            Err(Errno::EOPNOTSUPP) => writeln!(
+                f,
+                "landlock: disabled at boot (EOPNOTSUPP; add landlock to the lsm= boot parameter)"
+            )?,
+            Err(e) => writeln!(f, "landlock: unknown ({e})")?,
+        }
+        match &self.pidfd {
+            Ok(()) => writeln!(f, "pidfd_open: ok")?,
+            Err(e) => writeln!(f, "pidfd_open: failed ({e})")?,
+        }
+        match self.clone3 {
+            Err(Errno::ENOSYS) => writeln!(f, "clone3: not available (ENOSYS)")?,
+            r => writeln!(f, "clone3: {}", ok_or_errno(&r))?,
+        }
+        match self.close_range {
+            Ok(()) => writeln!(f, "close_range: available")?,
+            Err(Errno::ENOSYS) => writeln!(f, "close_range: not available (ENOSYS)")?,
+            Err(e) => writeln!(f, "close_range: unknown ({e})")?,
+        }
+        writeln!(f, "unprivileged user namespaces:")?;
+        for (name, value) in [
+            (
+                "kernel.unprivileged_userns_clone",
+                &self.userns.unprivileged_userns_clone,
+            ),
+            ("user.max_user_namespaces", &self.userns.max_user_namespaces),
+            (
+                "kernel.apparmor_restrict_unprivileged_userns",
+                &self.userns.apparmor_restrict,
+            ),
+        ] {
+            match value {
+                Ok(v) => writeln!(f, "  {name} = {v}")?,
+                Err(e) => writeln!(f, "  {name}: unavailable ({e})")?,
+            }
+        }
+        writeln!(f, "  conclusion: {}", self.userns.conclusion())
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "namespaces: {:?}", self.clone_ok)
+        match &self.kernel {
+            Ok(k) => writeln!(f, "kernel: Linux {k}")?,
+            Err(e) => writeln!(f, "kernel: unavailable ({e})")?,
+        }
+        self.fmt_identity(f)?;
+        self.fmt_namespaces(f)?;
+        self.fmt_cgroups(f)?;
+        self.fmt_other(f)?;
+        let problems = self.problems();
+        if problems.is_empty() {
+            writeln!(f, "default profile: OK")
+        } else {
+            writeln!(f, "default profile: CANNOT RUN: {}", problems.join("; "))
+        }
+    }
+}
+
+/// `prctl(PR_GET_SECCOMP)`: the calling thread's seccomp mode, or the error.
+fn probe_seccomp() -> Result<i32, Errno> {
+    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the ABI version.
+fn probe_landlock() -> Result<i64, Errno> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with the VERSION flag the kernel reads no memory and creates no fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `close_range(fd, fd, 0)` on an fd number far above any open one: 0 when supported.
+fn probe_close_range() -> Result<(), Errno> {
+    const UNUSED_FD: libc::c_uint = libc::c_uint::MAX - 1;
+    // SAFETY: closes nothing: no descriptor can have this number.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            UNUSED_FD,
+            UNUSED_FD,
+            0 as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This project's build machines: v1 controllers plus cgroup2 at /sys/fs/cgroup/unified.
+    const HYBRID_MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+23 27 0:22 / /sys rw,relatime - sysfs sysfs rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,cpu,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime shared:9 - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const HYBRID_CGROUP: &str = "\
+9:name=systemd:/
+8:pids:/
+6:freezer:/
+4:memory:/process_api/4d03360e35265f3c283534b4f1324069
+3:cpuset:/
+1:cpu,cpuacct:/
+0::/
+";
+
+    const V2_MOUNTINFO: &str = "\
+25 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw
+26 25 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:2 - sysfs sysfs rw
+30 26 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    const V2_CGROUP: &str =
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-term.scope\n";
+
+    #[test]
+    fn hybrid_mountinfo() {
+        let mounts = parse_mountinfo(HYBRID_MOUNTINFO);
+        assert_eq!(mounts.len(), 7);
+        let cpu = &mounts[0];
+        assert_eq!(cpu.version, CgroupVersion::V1);
+        assert_eq!(cpu.mount_point, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(cpu.root, "/");
+        assert_eq!(cpu.controllers, vec!["cpu", "cpuacct"]);
+        assert!(cpu.has_controller("cpu") && cpu.has_controller("cpuacct"));
+        assert_eq!(cpu.name, None);
+        let memory = &mounts[2];
+        assert_eq!(memory.mount_point, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(memory.controllers, vec!["memory"]);
+        assert_eq!(mounts[4].controllers, vec!["pids"]);
+        let systemd = &mounts[5];
+        assert!(systemd.controllers.is_empty());
+        assert_eq!(systemd.name.as_deref(), Some("systemd"));
+        let unified = &mounts[6];
+        assert_eq!(unified.version, CgroupVersion::V2);
+        assert_eq!(unified.mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert!(unified.controllers.is_empty());
+        assert_eq!(
+            cgroup_mode(&mounts),
+            CgroupMode::Hybrid {
+                unified: PathBuf::from("/sys/fs/cgroup/unified")
+            }
+        );
+        assert_eq!(
+            cgroup_mode(&mounts).to_string(),
+            "hybrid (v1 controllers + cgroup2 at /sys/fs/cgroup/unified)"
+        );
+    }
+
+    #[test]
+    fn hybrid_proc_cgroup_and_dirs() {
+        let mounts = parse_mountinfo(HYBRID_MOUNTINFO);
+        let owns = parse_proc_cgroup(HYBRID_CGROUP);
+        assert_eq!(owns.len(), 7);
+        assert_eq!(owns[0].hierarchy_id, 9);
+        assert_eq!(owns[0].name.as_deref(), Some("systemd"));
+        assert!(owns[0].controllers.is_empty());
+        assert!(!owns[0].is_v2());
+        let memory = &owns[3];
+        assert_eq!(memory.controllers, vec!["memory"]);
+        assert_eq!(memory.path, "/process_api/4d03360e35265f3c283534b4f1324069");
+        let (m, dir) = find_own_dir(&mounts, memory).expect("memory dir");
+        assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(
+            dir,
+            PathBuf::from("/sys/fs/cgroup/memory/process_api/4d03360e35265f3c283534b4f1324069")
+        );
+        let cpu = &owns[5];
+        assert_eq!(cpu.controllers, vec!["cpu", "cpuacct"]);
+        let (_, dir) = find_own_dir(&mounts, cpu).expect("cpu dir");
+        assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        let v2 = &owns[6];
+        assert!(v2.is_v2());
+        assert_eq!(v2.path, "/");
+        let (_, dir) = find_own_dir(&mounts, v2).expect("v2 dir");
+        assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/unified"));
+        let (_, dir) = find_own_dir(&mounts, &owns[0]).expect("systemd dir");
+        assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/systemd"));
+    }
+
+    #[test]
+    fn pure_v2() {
+        let mounts = parse_mountinfo(V2_MOUNTINFO);
+        assert_eq!(mounts.len(), 1);
+        let m = &mounts[0];
+        assert_eq!(m.version, CgroupVersion::V2);
+        assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            m.super_options,
+            vec!["rw", "nsdelegate", "memory_recursiveprot"]
+        );
+        assert!(m.controllers.is_empty());
+        assert_eq!(
+            cgroup_mode(&mounts),
+            CgroupMode::Unified {
+                path: PathBuf::from("/sys/fs/cgroup")
+            }
+        );
+        let owns = parse_proc_cgroup(V2_CGROUP);
+        assert_eq!(owns.len(), 1);
+        assert!(owns[0].is_v2());
+        assert_eq!(owns[0].hierarchy_id, 0);
+        assert_eq!(
+            owns[0].path,
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/app-term.scope"
+        );
+        let (_, dir) = find_own_dir(&mounts, &owns[0]).expect("v2 dir");
+        assert_eq!(
+            dir,
+            PathBuf::from(
+                "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service/app.slice/app-term.scope"
+            )
+        );
+    }
+
+    #[test]
+    fn legacy_v1_only() {
+        let text = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup_mode(&parse_mountinfo(text)), CgroupMode::Legacy);
+        assert_eq!(cgroup_mode(&[]), CgroupMode::None);
+    }
+
+    #[test]
+    fn escaped_space_in_mount_point() {
+        let text = "50 31 0:40 / /mnt/my\\040cgroups rw,relatime - cgroup2 none rw\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_point, PathBuf::from("/mnt/my cgroups"));
+        assert_eq!(unescape_mountinfo("a\\011b\\134c\\012"), "a\tb\\c\n");
+        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape_mountinfo("\\999"), "\\999");
+    }
+
+    #[test]
+    fn mount_root_is_a_subpath() {
+        // A container's view: only /docker/abc of the hierarchy is mounted.
+        let text = "60 31 0:32 /docker/abc /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup \
+                    rw,memory\n61 31 0:38 /docker/abc /sys/fs/cgroup/unified rw - cgroup2 \
+                    cgroup2 rw\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts[0].root, "/docker/abc");
+        assert_eq!(
+            own_cgroup_dir(&mounts[0], "/docker/abc/job"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/job"))
+        );
+        assert_eq!(
+            own_cgroup_dir(&mounts[1], "/docker/abc"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        // Component-wise prefix, not string prefix.
+        assert_eq!(own_cgroup_dir(&mounts[0], "/docker/abcd"), None);
+        assert_eq!(own_cgroup_dir(&mounts[0], "/"), None);
+    }
+
+    #[test]
+    fn skips_malformed_lines() {
+        assert!(parse_mountinfo("garbage\n1 2 3 - cgroup2\n").is_empty());
+        let owns = parse_proc_cgroup("x:y\nnot-a-number::/\n0::/ok\n");
+        assert_eq!(owns.len(), 1);
+        assert_eq!(owns[0].path, "/ok");
     }
 }

@@ -154,13 +154,14 @@ impl SandboxRunner {
         let (sync_r, sync_w) = pipe()?;
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let mut stdin_fd = -1;
+        let mut input: Option<PipeWriter> = None;
         match self.stdin {
             Stdio::Inherit => {}
             Stdio::Null => stdin_fd = keep(&mut child_side, dev_null(libc::O_RDONLY)?),
             Stdio::Pipe => {
                 let (r, w) = pipe()?;
                 stdin_fd = keep(&mut child_side, r);
-                self.input = Some(Box::new(
+                input = Some(Box::new(
                     tokio::net::unix::pipe::Sender::from_owned_fd(w)
                         .map_err(|e| Error::host("stdin pipe", e))?,
                 ));
@@ -244,6 +245,7 @@ impl SandboxRunner {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated step record"),
             ));
         }
+        self.input = input;
         if self.stdout == Stdio::Pipe {
             self.out = out;
         }

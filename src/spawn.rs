@@ -419,6 +419,15 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
             .name("sandbox-spawner".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                // Block every signal on this thread: the clones inherit the mask, so a signal
+                // sent to a sandbox while it sets up waits, pending, until its init reads it
+                // with sigwaitinfo, instead of running a host handler in the child.
+                // SAFETY: plain mask change of the current thread.
+                unsafe {
+                    let mut all: libc::sigset_t = std::mem::zeroed();
+                    libc::sigfillset(&mut all);
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                }
                 // The Sender lives in a static, so this loop never ends and the thread
                 // never exits while the process runs.
                 while let Ok(job) = rx.recv() {

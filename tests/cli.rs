@@ -426,3 +426,26 @@ fn bad_input_is_a_clear_error_and_starts_nothing() {
     assert!(!marker.exists(), "a program ran despite bad input");
     before.assert_unchanged();
 }
+
+#[test]
+fn check_reports_the_host_and_accepts_the_default_profile() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let o = run(&["check"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    for want in [
+        "default profile set mnt+pid+net+ipc+uts: can create",
+        "cgroups:",
+        "mode:",
+        "seccomp",
+        "landlock",
+        "pidfd_open: ok",
+        "unprivileged user namespaces",
+        "default profile: OK",
+    ] {
+        assert!(out.contains(want), "check output lacks {want:?}:\n{out}");
+    }
+}

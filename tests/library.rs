@@ -1,4 +1,5 @@
 //! The library API as a tokio host uses it, as root: pipes, wait, kill, ID, diagnose.
+#![allow(clippy::await_holding_lock)] // serial(): one test at a time, each on its own runtime
 
 mod common;
 use common::*;

@@ -6,6 +6,7 @@
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
@@ -66,7 +67,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Sub::Check) = cli.sub {
         let report = sandbox_runner::check::Report::gather();
-        print!("{report}");
+        // A closed stdout (`check | head`) is not an error worth a panic.
+        let _ = write!(std::io::stdout(), "{report}");
         return if report.default_profile_runs() {
             ExitCode::SUCCESS
         } else {
