@@ -23,9 +23,12 @@
 
 #![warn(missing_docs)]
 
+pub mod addr;
+pub mod cgroup;
 pub mod check;
 pub mod diagnose;
 pub mod error;
+pub mod handshake;
 mod mnt;
 mod net;
 pub mod pid;

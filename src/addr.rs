@@ -1,0 +1,1 @@
+//! Safe socket-address translation between sandbox and host (in progress).

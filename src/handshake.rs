@@ -1,0 +1,1 @@
+//! go-plugin handshake line parsing and rewriting (in progress).
