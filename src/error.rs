@@ -81,6 +81,14 @@ pub enum Error {
         /// The error the kernel returned.
         errno: Errno,
     },
+    /// A private-root entry cannot be built (missing source, `..` in a path, ...).
+    #[error("mount entry '{entry}': {why}")]
+    InvalidMount {
+        /// The entry, as `kind source -> destination`.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A host-side system call failed while preparing or managing the sandbox.
     #[error("{what}: {source}")]
     Host {
@@ -133,5 +141,80 @@ pub enum AddrError {
         addr: String,
         /// Why it was refused.
         why: String,
+    },
+    /// A unix socket path that is not of the form `<dir>/<name>` for the mapped socket
+    /// directory (a path elsewhere, `..` segments, a relative or abstract address, ...).
+    #[error(
+        "unix address '{addr}' refused: only a socket directly inside {dir} can cross the          sandbox boundary (the plugin must create it in PLUGIN_UNIX_SOCKET_DIR)"
+    )]
+    OutsideSocketDir {
+        /// The address as given.
+        addr: String,
+        /// The socket directory, as seen from the side the address came from.
+        dir: String,
+    },
+    /// The file name part of a unix socket path is unsafe or malformed.
+    #[error("unix address '{addr}' refused: its file name {why}; expected one plain file name")]
+    BadName {
+        /// The address as given.
+        addr: String,
+        /// What is wrong (empty, `.`/`..`, nested path, NUL byte).
+        why: &'static str,
+    },
+    /// A unix socket path longer than `sun_path` allows.
+    #[error(
+        "unix address '{path}' refused: {len} bytes does not fit a unix socket address (at          most {max} bytes); use a shorter socket directory or name"
+    )]
+    TooLong {
+        /// The path that does not fit (the announced one, or the host path it maps to).
+        path: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit (107: `sun_path` is 108 bytes including the NUL).
+        max: usize,
+    },
+    /// The announced socket does not exist in the socket directory.
+    #[error("unix address '{addr}' refused: no such file in the socket directory")]
+    NotFound {
+        /// The address as given.
+        addr: String,
+    },
+    /// The announced name is a symbolic link: following it could reach a host socket the
+    /// plugin must not steer the host to.
+    #[error(
+        "unix address '{addr}' refused: it is a symbolic link, which is never followed          (a plugin could point it at a socket only the host can reach)"
+    )]
+    Symlink {
+        /// The address as given.
+        addr: String,
+    },
+    /// The announced name exists but is not a unix socket.
+    #[error("unix address '{addr}' refused: it is {kind}, not a unix socket")]
+    NotSocket {
+        /// The address as given.
+        addr: String,
+        /// What it is instead (`a regular file`, `a directory`, `a FIFO`, ...).
+        kind: &'static str,
+    },
+    /// The verified socket could not be pinned at a host-only path (it vanished, or the
+    /// pinned path does not lead to the verified inode).
+    #[error("unix address '{addr}' refused: {why}")]
+    Changed {
+        /// The address as given.
+        addr: String,
+        /// What was observed.
+        why: String,
+    },
+    /// A system call needed for the translation failed.
+    #[error("translating unix address '{addr}' failed: {op}: {}{}", std::io::Error::from_raw_os_error(*errno), hint)]
+    Io {
+        /// The address as given.
+        addr: String,
+        /// The operation that failed, with its path.
+        op: String,
+        /// The raw errno.
+        errno: i32,
+        /// What the user can do about it (may be empty).
+        hint: &'static str,
     },
 }

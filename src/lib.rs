@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+mod capability;
 pub mod cgroup;
 pub mod check;
 pub mod diagnose;

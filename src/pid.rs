@@ -77,6 +77,11 @@ pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds) -> ! {
         plugin_main(plan, fds)
     }
     let plugin = child as libc::pid_t;
+    // The init needs no privilege to forward signals to and reap its own children.
+    if let Err(err) = crate::capability::drop_all_but(0, plan.last_cap) {
+        libc::kill(plugin, libc::SIGKILL);
+        fail(e, Step::Capabilities, err)
+    }
     // The plugin holds its own copy of the error pipe until its execve; ours goes now, so the
     // host sees EOF exactly when the plugin has exec'd (or a step record if it failed).
     libc::close(e);
@@ -121,6 +126,12 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
     }
     if let Err(err) = check(libc::chdir(plan.c.cwd.as_ptr())) {
         fail(e, Step::Chdir, err)
+    }
+    if let Err(err) = crate::capability::drop_all_but(plan.keep_caps, plan.last_cap) {
+        fail(e, Step::Capabilities, err)
+    }
+    if let Err(err) = crate::capability::no_new_privs() {
+        fail(e, Step::NoNewPrivs, err)
     }
     // Only fds 0, 1, 2, the error pipe (CLOEXEC: it closes at execve) and the profile's
     // pass_fds survive; the pass_fds lose CLOEXEC so they cross the execve.

@@ -28,6 +28,12 @@ pub(crate) struct CStrings {
     pub cwd: CString,
     /// The resolved program path given to `execve`.
     pub program: CString,
+    /// Where the private root's tmpfs is mounted before `pivot_root`.
+    pub staging: CString,
+    /// `staging` + the old-root directory (pivot_root's `put_old`).
+    pub staging_old: CString,
+    /// The old root after the pivot (`/oldroot`).
+    pub old_root: CString,
 }
 
 /// Everything a sandbox start needs, prepared in the parent.
@@ -36,6 +42,13 @@ pub struct Plan {
     pub(crate) ns: Namespaces,
     pub(crate) new_session: bool,
     pub(crate) c: CStrings,
+    pub(crate) private_root: bool,
+    pub(crate) root_ops: Vec<crate::mnt::MountOp>,
+    root_labels: Vec<String>,
+    /// Capabilities the plugin keeps, as a bit mask over capability numbers.
+    pub(crate) keep_caps: u64,
+    /// The highest capability number this kernel knows (`cap_last_cap`).
+    pub(crate) last_cap: u32,
     _argv: Vec<CString>,
     pub(crate) argv_ptrs: Vec<*const c_char>,
     _envp: Vec<CString>,
@@ -69,6 +82,31 @@ impl Plan {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| DEFAULT_PATH.into());
         let program_path = resolve_program(program, &path_var)?;
+        let mut root = crate::mnt::RootBuilder::new();
+        let exec_path = if profile.private_root && profile.namespaces.mount {
+            for m in &profile.mount {
+                root.add(m)?;
+            }
+            root.ensure_program(&program_path)?
+        } else {
+            if profile.private_root {
+                return Err(Error::InvalidCommand(
+                    "a private root needs the mount namespace: set `private_root = false` \
+                     or turn the mount namespace on"
+                        .into(),
+                ));
+            }
+            program_path.clone()
+        };
+        let mut keep_caps = 0u64;
+        for c in &profile.keep_capabilities {
+            keep_caps |= 1u64 << c.capability().index();
+        }
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(40)
+            .min(63);
 
         let cstr = |what: &str, b: &[u8]| {
             CString::new(b)
@@ -103,6 +141,7 @@ impl Plan {
             }
         }
         let pass: Vec<RawFd> = profile.pass_fds.iter().map(|p| p.0).collect();
+        let (staging, staging_old, old_root) = crate::mnt::staging_paths();
         Ok(Plan {
             clone_flags,
             ns,
@@ -113,8 +152,16 @@ impl Plan {
                 proc_fstype: c"proc".into(),
                 hostname: cstr("hostname", profile.hostname.as_str().as_bytes())?,
                 cwd: cstr("cwd", profile.cwd.as_str().as_bytes())?,
-                program: cstr("program path", program_path.as_os_str().as_bytes())?,
+                program: cstr("program path", exec_path.as_os_str().as_bytes())?,
+                staging,
+                staging_old,
+                old_root,
             },
+            private_root: profile.private_root && profile.namespaces.mount,
+            root_ops: root.ops,
+            root_labels: root.labels,
+            keep_caps,
+            last_cap,
             _argv: argv,
             argv_ptrs,
             _envp: envp,
@@ -141,7 +188,7 @@ impl Plan {
     }
 
     /// The path or object a failing step worked on, for error messages.
-    pub(crate) fn step_path(&self, step: Step) -> String {
+    pub(crate) fn step_path(&self, step: Step, arg: u32) -> String {
         let s = |c: &CString| c.to_string_lossy().into_owned();
         match step {
             Step::MountPrivate => s(&self.c.root),
@@ -151,6 +198,13 @@ impl Plan {
             Step::Chdir => s(&self.c.cwd),
             Step::Exec => self.program_path.display().to_string(),
             Step::PassFds => format!("fds {:?}", self.pass_fds()),
+            Step::Mount => self
+                .root_labels
+                .get(arg as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("entry {arg}")),
+            Step::RootTmpfs | Step::PivotRoot => s(&self.c.staging),
+            Step::DetachOldRoot => s(&self.c.old_root),
             _ => "-".into(),
         }
     }

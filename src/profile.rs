@@ -46,6 +46,119 @@ pub struct Profile {
     /// Start the plugin in a new session, with no controlling terminal (default true).
     #[serde(default = "yes")]
     pub new_session: bool,
+    /// A profile this one builds on: a built-in name or a path (relative to this file).
+    /// Tables merge key by key, `mount` entries are appended to the base's, and every other
+    /// value given here replaces the base's.
+    #[serde(default)]
+    pub extends: Option<String>,
+    /// Give the sandbox its own root (a tmpfs assembled from `mount`, then `pivot_root`).
+    /// Default true; `false` leaves the host's file system visible (read-write!).
+    #[serde(default = "yes")]
+    pub private_root: bool,
+    /// What the private root holds, in order.
+    #[serde(default)]
+    pub mount: Vec<MountSpec>,
+    /// Capabilities the plugin keeps (e.g. `"CAP_NET_BIND_SERVICE"`); all others are dropped
+    /// from every set, the bounding set included.
+    #[serde(default)]
+    pub keep_capabilities: Vec<CapName>,
+}
+
+/// One entry of a private root, written `[[mount]]` with a `type`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MountSpec {
+    /// A read-only bind of a host path (`nosuid,nodev`, read-only recursively).
+    RoBind {
+        /// Host path.
+        src: AbsPath,
+        /// Path in the sandbox (default: the same as `src`).
+        #[serde(default)]
+        dst: Option<AbsPath>,
+        /// Skip silently when `src` does not exist on this host.
+        #[serde(default)]
+        optional: bool,
+        /// Also `noexec`.
+        #[serde(default)]
+        noexec: bool,
+    },
+    /// A read-write bind of a host path (`nosuid,nodev`).
+    Bind {
+        /// Host path.
+        src: AbsPath,
+        /// Path in the sandbox (default: the same as `src`).
+        #[serde(default)]
+        dst: Option<AbsPath>,
+        /// Skip silently when `src` does not exist on this host.
+        #[serde(default)]
+        optional: bool,
+        /// Also `noexec`.
+        #[serde(default)]
+        noexec: bool,
+    },
+    /// A fresh tmpfs (`nosuid,nodev`).
+    Tmpfs {
+        /// Path in the sandbox.
+        dst: AbsPath,
+        /// Size limit like `"64M"` (default: the kernel's, half of RAM).
+        #[serde(default)]
+        size: Option<Size>,
+        /// Octal mode of its root like `"1777"` (default `"755"`).
+        #[serde(default)]
+        mode: Option<Mode>,
+        /// Also `noexec`.
+        #[serde(default)]
+        noexec: bool,
+    },
+    /// A fresh `proc` for the sandbox's PID namespace.
+    Proc {
+        /// Path in the sandbox (default `/proc`).
+        #[serde(default = "proc_dst")]
+        dst: AbsPath,
+    },
+    /// A minimal `/dev`: null zero full random urandom tty, `shm`, optional `pts`, and the
+    /// `fd stdin stdout stderr` symlinks.
+    Dev {
+        /// Path in the sandbox (default `/dev`).
+        #[serde(default = "dev_dst")]
+        dst: AbsPath,
+        /// Also a private `devpts` instance on `pts` (with `ptmx`).
+        #[serde(default)]
+        pts: bool,
+    },
+    /// An empty directory.
+    Dir {
+        /// Path in the sandbox.
+        dst: AbsPath,
+        /// Octal mode like `"755"` (default).
+        #[serde(default)]
+        mode: Option<Mode>,
+    },
+    /// A symbolic link `dst -> src`.
+    Symlink {
+        /// The link's target, as stored in the link (may be relative).
+        src: LinkTarget,
+        /// Path of the link in the sandbox.
+        dst: AbsPath,
+    },
+    /// A host path reproduced as it is on this host: a symlink becomes the same symlink, a
+    /// directory or file a read-only bind (`/bin`, `/lib`, `/lib64`, `/sbin` differ between
+    /// distributions).
+    Mirror {
+        /// The path, the same on both sides.
+        path: AbsPath,
+        /// Skip silently when it does not exist on this host.
+        #[serde(default)]
+        optional: bool,
+    },
+}
+
+fn proc_dst() -> AbsPath {
+    AbsPath("/proc".into())
+}
+
+fn dev_dst() -> AbsPath {
+    AbsPath("/dev".into())
 }
 
 fn yes() -> bool {
@@ -63,6 +176,10 @@ impl Default for Profile {
             pass_fds: Vec::new(),
             cwd: AbsPath::default(),
             new_session: true,
+            extends: None,
+            private_root: true,
+            mount: Vec::new(),
+            keep_capabilities: Vec::new(),
         }
     }
 }
@@ -216,6 +333,98 @@ checked_string!(
     }
 );
 
+checked_string!(
+    /// A symlink target: non-empty, no NUL.
+    LinkTarget,
+    "/",
+    |s| {
+        if s.is_empty() || s.contains('\0') {
+            return Err("a symlink target must be non-empty without NUL".into());
+        }
+        Ok(())
+    }
+);
+
+checked_string!(
+    /// A capability name like `CAP_NET_BIND_SERVICE` (case-insensitive, `CAP_` optional).
+    CapName,
+    "CAP_CHOWN",
+    |s| {
+        let up = s.to_ascii_uppercase();
+        let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+        full.parse::<caps::Capability>()
+            .map(drop)
+            .map_err(|_| format!("'{s}' is not a capability name"))
+    }
+);
+
+impl CapName {
+    /// The capability.
+    pub fn capability(&self) -> caps::Capability {
+        let up = self.0.to_ascii_uppercase();
+        let full = if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
+        full.parse().expect("checked when parsed")
+    }
+}
+
+/// A size like `"64M"`, `"512K"`, `"1G"` or plain bytes (binary suffixes).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Size(pub u64);
+
+impl TryFrom<String> for Size {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_size(&s).map(Size)
+    }
+}
+
+/// Parses `"64M"`, `"512K"`, `"1G"`, `"1T"` or plain bytes (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a size like \"64M\", \"512K\" or \"1G\"");
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    let v = n.checked_mul(mul).ok_or_else(bad)?;
+    if v == 0 {
+        return Err(format!("'{s}' is zero"));
+    }
+    Ok(v)
+}
+
+/// An octal file mode like `"1777"` or `"755"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Mode(pub u32);
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o7777 => Ok(Mode(m)),
+            _ => Err(format!(
+                "'{s}' is not an octal mode like \"755\" or \"1777\""
+            )),
+        }
+    }
+}
+
 impl EnvName {
     /// Builds a checked name (for overrides given on a command line).
     pub fn new(s: &str) -> Result<Self, String> {
@@ -305,17 +514,40 @@ pub const MAX_PASS_FDS: usize = 16;
 
 impl Profile {
     /// Parses a profile from TOML text; `origin` names it in errors (a path or
-    /// `<builtin NAME>`).
+    /// `<builtin NAME>`). A relative `extends` path is taken from the current directory.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Profile, ProfileError> {
-        let p: Profile = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|r| line_col(text, r.start)).unwrap_or((1, 1));
-            ProfileError::Parse {
-                origin: origin.to_string(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
+        Self::from_toml_in(text, origin, Path::new("."), 0)
+    }
+
+    fn from_toml_in(
+        text: &str,
+        origin: &str,
+        dir: &Path,
+        depth: usize,
+    ) -> Result<Profile, ProfileError> {
+        // The file alone first: every key is optional, so this checks names, types and
+        // values with their exact positions.
+        let own: Profile = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        let p = match &own.extends {
+            None => own,
+            Some(base) => {
+                if depth >= 8 {
+                    return Err(ProfileError::Invalid {
+                        origin: origin.to_string(),
+                        message: "`extends` nests more than 8 profiles deep (a cycle?)".into(),
+                    });
+                }
+                let mut table = Self::table_of(base, origin, dir, depth + 1)?;
+                let overlay: toml::Table =
+                    toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+                merge(&mut table, overlay);
+                table.remove("extends");
+                Profile::deserialize(table).map_err(|e| ProfileError::Invalid {
+                    origin: origin.to_string(),
+                    message: format!("after merging `extends = {base:?}`: {}", e.message()),
+                })?
             }
-        })?;
+        };
         if p.pass_fds.len() > MAX_PASS_FDS {
             return Err(ProfileError::Invalid {
                 origin: origin.to_string(),
@@ -325,13 +557,62 @@ impl Profile {
         Ok(p)
     }
 
+    /// The fully merged TOML table of the profile `spec` (checked on the way).
+    fn table_of(
+        spec: &str,
+        from: &str,
+        dir: &Path,
+        depth: usize,
+    ) -> Result<toml::Table, ProfileError> {
+        let (text, origin, sub) =
+            if spec.contains('/') || spec.ends_with(".toml") {
+                let path = dir.join(spec);
+                let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let sub = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                (text, path.display().to_string(), sub)
+            } else {
+                let (n, t) = BUILTIN.iter().find(|(n, _)| *n == spec).ok_or_else(|| {
+                    ProfileError::Invalid {
+                        origin: from.to_string(),
+                        message: format!(
+                            "extends unknown profile '{spec}' (built-in: {})",
+                            builtin_names()
+                        ),
+                    }
+                })?;
+                (t.to_string(), format!("<builtin {n}>"), dir.to_path_buf())
+            };
+        // Check the base on its own (positions), then build its merged table.
+        let own: Profile = toml::from_str(&text).map_err(|e| parse_error(&text, &origin, &e))?;
+        let mine: toml::Table =
+            toml::from_str(&text).map_err(|e| parse_error(&text, &origin, &e))?;
+        match own.extends {
+            None => Ok(mine),
+            Some(base) => {
+                if depth >= 8 {
+                    return Err(ProfileError::Invalid {
+                        origin,
+                        message: "`extends` nests more than 8 profiles deep (a cycle?)".into(),
+                    });
+                }
+                let mut t = Self::table_of(&base, &origin, &sub, depth + 1)?;
+                merge(&mut t, mine);
+                Ok(t)
+            }
+        }
+    }
+
     /// Loads a profile file.
     pub fn from_path(path: &Path) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml_in(&text, &path.display().to_string(), dir, 0)
     }
 
     /// Loads an embedded profile by name.
@@ -340,11 +621,7 @@ impl Profile {
             Some((n, text)) => Self::from_toml_str(text, &format!("<builtin {n}>")),
             None => Err(ProfileError::UnknownName {
                 name: name.to_string(),
-                known: BUILTIN
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: builtin_names(),
             }),
         }
     }
@@ -356,6 +633,37 @@ impl Profile {
             Self::from_path(&PathBuf::from(spec))
         } else {
             Self::builtin(spec)
+        }
+    }
+}
+
+fn builtin_names() -> String {
+    BUILTIN
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ProfileError {
+    let (line, column) = e.span().map(|r| line_col(text, r.start)).unwrap_or((1, 1));
+    ProfileError::Parse {
+        origin: origin.to_string(),
+        line,
+        column,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, `mount` arrays appended, the rest replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Array(b)), toml::Value::Array(o)) if k == "mount" => b.extend(o),
+            (_, v) => {
+                base.insert(k, v);
+            }
         }
     }
 }

@@ -234,7 +234,7 @@ impl SandboxRunner {
             } else {
                 Error::Setup {
                     step,
-                    path: self.plan.step_path(step),
+                    path: self.plan.step_path(step, se.arg),
                     errno,
                 }
             });

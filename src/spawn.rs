@@ -51,10 +51,26 @@ pub enum Step {
     PassFds = 13,
     /// `execve` of the plugin.
     Exec = 14,
+    /// `PR_SET_DUMPABLE` 0 on the init, so the plugin cannot ptrace it or read its memory.
+    Dumpable = 15,
+    /// Mounting the tmpfs that becomes the private root.
+    RootTmpfs = 16,
+    /// `pivot_root` into the private root.
+    PivotRoot = 17,
+    /// One entry of the private root (creating its mount point, mounting, setting flags).
+    Mount = 18,
+    /// Detaching the host's old root.
+    DetachOldRoot = 19,
+    /// Making the private root's own tmpfs read-only.
+    RootReadOnly = 20,
+    /// Dropping capabilities (bounding, ambient, then capset).
+    Capabilities = 21,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs = 22,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 22] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -69,6 +85,14 @@ impl Step {
         Step::Chdir,
         Step::PassFds,
         Step::Exec,
+        Step::Dumpable,
+        Step::RootTmpfs,
+        Step::PivotRoot,
+        Step::Mount,
+        Step::DetachOldRoot,
+        Step::RootReadOnly,
+        Step::Capabilities,
+        Step::NoNewPrivs,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -93,6 +117,14 @@ impl Step {
             Step::Chdir => "change directory",
             Step::PassFds => "pass fds",
             Step::Exec => "execute the plugin",
+            Step::Dumpable => "make the init non-dumpable",
+            Step::RootTmpfs => "mount the private root",
+            Step::PivotRoot => "pivot_root",
+            Step::Mount => "mount",
+            Step::DetachOldRoot => "detach the host root",
+            Step::RootReadOnly => "make the root read-only",
+            Step::Capabilities => "drop capabilities",
+            Step::NoNewPrivs => "set no_new_privs",
         }
     }
 }
@@ -103,6 +135,8 @@ impl Step {
 pub(crate) struct StepError {
     pub step: u32,
     pub errno: i32,
+    /// Which item of the step failed (the mount entry's index), or 0.
+    pub arg: u32,
 }
 
 /// Size of a [`StepError`] on the pipe.
@@ -179,9 +213,18 @@ pub(crate) const KEEP_MAX: usize = crate::profile::MAX_PASS_FDS + 4;
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn fail(err_w: RawFd, step: Step, errno: Errno) -> ! {
+    fail_at(err_w, step, 0, errno)
+}
+
+/// Like [`fail`], naming item `arg` of the step (e.g. the index of a mount entry).
+///
+/// # Safety
+/// Child-side only; async-signal-safe.
+pub(crate) unsafe fn fail_at(err_w: RawFd, step: Step, arg: u32, errno: Errno) -> ! {
     let rec = StepError {
         step: step as u32,
         errno: errno as i32,
+        arg,
     };
     libc::write(
         err_w,
@@ -222,6 +265,10 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     )) {
         fail(e, Step::DeathSignal, err)
     }
+    // Nothing in the sandbox may ptrace the init or read its memory (a copy of the host's).
+    if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
+        fail(e, Step::Dumpable, err)
+    }
     libc::close(fds.sync_w);
     if let Err(err) = connect_stdio(fds) {
         fail(e, Step::Stdio, err)
@@ -255,7 +302,9 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         if let Err(err) = mnt::make_private(plan) {
             fail(e, Step::MountPrivate, err)
         }
-        if plan.ns.pid {
+        if plan.private_root {
+            mnt::setup_root(plan, e);
+        } else if plan.ns.pid {
             if let Err(err) = mnt::mount_proc(plan) {
                 fail(e, Step::MountProc, err)
             }

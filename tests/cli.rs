@@ -208,7 +208,7 @@ fn profile_pass_fds_passes_exactly_those() {
     }
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("p.toml");
-    std::fs::write(&profile, "pass_fds = [61]\n").unwrap();
+    std::fs::write(&profile, "extends = \"default\"\npass_fds = [61]\n").unwrap();
     let f = std::fs::File::open("/etc/hostname").unwrap();
     assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), 61) }, 61);
     assert_eq!(unsafe { libc::dup2(f.as_raw_fd(), 62) }, 62);

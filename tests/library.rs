@@ -61,7 +61,17 @@ async fn hundred_mib_through_stdout_arrive_byte_exact() {
     f.write_all(&data).unwrap();
     f.flush().unwrap();
     let before = HostState::take();
-    let mut r = runner(&["/bin/cat", f.path().to_str().unwrap()]);
+    let mut profile = Profile::builtin("default").unwrap();
+    let src = sandbox_runner::profile::AbsPath::new(f.path().to_str().unwrap()).unwrap();
+    profile
+        .mount
+        .push(sandbox_runner::profile::MountSpec::RoBind {
+            src,
+            dst: None,
+            optional: false,
+            noexec: false,
+        });
+    let mut r = SandboxRunner::new(profile, "/bin/cat", [f.path()]).unwrap();
     r.start().await.unwrap();
     let mut got = Vec::with_capacity(SIZE);
     r.stdout().unwrap().read_to_end(&mut got).await.unwrap();
@@ -118,7 +128,8 @@ async fn kill_terminates_gracefully_then_forcibly_and_leaves_nothing() {
     drop(r);
 
     // A plugin that ignores SIGTERM, with a background child, is SIGKILLed after the grace.
-    let profile = Profile::from_toml_str("kill_grace = \"200ms\"", "test").unwrap();
+    let profile =
+        Profile::from_toml_str("extends = \"default\"\nkill_grace = \"200ms\"", "test").unwrap();
     let mut r = SandboxRunner::new(
         profile,
         "/bin/sh",
@@ -234,7 +245,8 @@ async fn setup_failure_is_typed_and_names_step_and_path() {
         return;
     }
     let before = HostState::take();
-    let profile = Profile::from_toml_str("cwd = \"/no/such/dir\"", "test").unwrap();
+    let profile =
+        Profile::from_toml_str("extends = \"default\"\ncwd = \"/no/such/dir\"", "test").unwrap();
     let mut r = SandboxRunner::new(profile, "/bin/true", Vec::<String>::new()).unwrap();
     let e = r.start().await.unwrap_err();
     match &e {

@@ -4,13 +4,13 @@
 //! sandbox could not be set up; 126 when the program is not executable; 127 when it is not
 //! found; 2 for a usage error.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
-use sandbox_runner::profile::{AbsPath, EnvName, EnvValue, Hostname, StdinMode};
+use sandbox_runner::profile::{AbsPath, EnvName, EnvValue, Hostname, MountSpec, StdinMode};
 use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
 
 /// Run PROGRAM in a sandbox of new mount, PID, network, IPC and UTS namespaces.
@@ -41,6 +41,18 @@ struct Cli {
     #[arg(long, value_name = "DIR", value_parser = |s: &str| AbsPath::new(s))]
     chdir: Option<AbsPath>,
 
+    /// Bind SRC read-only at DST, after the profile's mounts (repeatable, in order).
+    #[arg(long = "ro-bind", num_args = 2, value_names = ["SRC", "DST"], action = ArgAction::Append)]
+    ro_bind: Vec<String>,
+
+    /// Bind SRC read-write at DST, after the profile's mounts (repeatable, in order).
+    #[arg(long = "bind", num_args = 2, value_names = ["SRC", "DST"], action = ArgAction::Append)]
+    bind: Vec<String>,
+
+    /// Mount a fresh tmpfs at DST, after the profile's mounts (repeatable, in order).
+    #[arg(long = "tmpfs", value_name = "DST", action = ArgAction::Append)]
+    tmpfs: Vec<String>,
+
     /// The program's stdin: null or inherit (default: the profile's).
     #[arg(long, value_name = "MODE", value_parser = ["null", "inherit"])]
     stdin: Option<String>,
@@ -63,8 +75,69 @@ fn parse_env(s: &str) -> Result<(EnvName, EnvValue), String> {
     Ok((EnvName::new(k)?, EnvValue::new(v)?))
 }
 
+/// The `--ro-bind`, `--bind` and `--tmpfs` options as mount entries, in command-line order.
+fn cli_mounts(m: &clap::ArgMatches) -> Result<Vec<MountSpec>, String> {
+    let mut all: Vec<(usize, MountSpec)> = Vec::new();
+    let abs = |s: &str| AbsPath::new(s);
+    for (id, ro) in [("ro_bind", true), ("bind", false)] {
+        let (Some(vals), Some(idx)) = (m.get_many::<String>(id), m.indices_of(id)) else {
+            continue;
+        };
+        let vals: Vec<&String> = vals.collect();
+        let idx: Vec<usize> = idx.collect();
+        for (pair, at) in vals.chunks(2).zip(idx.chunks(2)) {
+            let (src, dst) = (abs(pair[0])?, Some(abs(pair[1])?));
+            let spec = if ro {
+                MountSpec::RoBind {
+                    src,
+                    dst,
+                    optional: false,
+                    noexec: false,
+                }
+            } else {
+                MountSpec::Bind {
+                    src,
+                    dst,
+                    optional: false,
+                    noexec: false,
+                }
+            };
+            all.push((at[0], spec));
+        }
+    }
+    if let (Some(vals), Some(idx)) = (m.get_many::<String>("tmpfs"), m.indices_of("tmpfs")) {
+        for (dst, at) in vals.zip(idx) {
+            all.push((
+                at,
+                MountSpec::Tmpfs {
+                    dst: abs(dst)?,
+                    size: None,
+                    mode: None,
+                    noexec: false,
+                },
+            ));
+        }
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, s)| s).collect())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let extra_mounts = match cli_mounts(&matches) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sandbox-run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cli.ro_bind.clear();
+    cli.bind.clear();
+    cli.tmpfs.clear();
     if let Some(Sub::Check) = cli.sub {
         let report = sandbox_runner::check::Report::gather();
         // A closed stdout (`check | head`) is not an error worth a panic.
@@ -85,7 +158,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run(cli)),
+        Ok(rt) => rt.block_on(run(cli, extra_mounts)),
         Err(e) => {
             eprintln!("sandbox-run: cannot start the async runtime: {e}");
             125
@@ -94,7 +167,7 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-async fn run(cli: Cli) -> i32 {
+async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     let mut profile = match Profile::load(&cli.profile) {
         Ok(p) => p,
         Err(e) => {
@@ -102,6 +175,7 @@ async fn run(cli: Cli) -> i32 {
             return 125;
         }
     };
+    profile.mount.extend(extra_mounts);
     for (k, v) in cli.env {
         profile.env.set.insert(k, v);
     }

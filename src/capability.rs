@@ -1,0 +1,95 @@
+//! Capabilities: the plugin keeps only the profile's allow-list, in every set (child side,
+//! async-signal-safe raw `prctl`/`capset`; the `caps` crate allocates, so it is used in the
+//! parent only, to parse and check capability names).
+//!
+//! Order: the bounding set first (that needs `CAP_SETPCAP`, which the next step drops), then
+//! the ambient set, then `capset` with effective = permitted = the allow-list and an empty
+//! inheritable set. For a root plugin `execve` grants the bounding set, so emptying the
+//! bounding set is what keeps root powerless after the exec.
+
+use nix::errno::Errno;
+
+use crate::spawn::check;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability not in the bit mask `keep` from the bounding, ambient, effective,
+/// permitted and inheritable sets.
+///
+/// # Safety
+/// Child-side only; async-signal-safe.
+pub(crate) unsafe fn drop_all_but(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    let mut cap = 0u32;
+    while cap <= last_cap && cap < 64 {
+        if keep & (1u64 << cap) == 0 {
+            check(libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                cap as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+        }
+        cap += 1;
+    }
+    if libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        0,
+        0,
+        0,
+    ) == -1
+    {
+        let e = Errno::last();
+        // EINVAL: a kernel before 4.3 has no ambient set, so there is nothing to clear.
+        if e != Errno::EINVAL {
+            return Err(e);
+        }
+    }
+    let hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let lo = keep as u32;
+    let hi = (keep >> 32) as u32;
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: 0,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: 0,
+        },
+    ];
+    let r = libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr());
+    if r == -1 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Sets `no_new_privs`: no `execve` can grant privileges again (setuid bits and file
+/// capabilities are ignored).
+///
+/// # Safety
+/// Child-side only; async-signal-safe.
+pub(crate) unsafe fn no_new_privs() -> Result<(), Errno> {
+    check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map(drop)
+}
