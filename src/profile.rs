@@ -719,6 +719,54 @@ mod tests {
     }
 
     #[test]
+    fn extends_merges_tables_appends_mounts_and_keeps_positions() {
+        let base = Profile::builtin("default").unwrap();
+        let p = Profile::from_toml_str(
+            "extends = \"default\"\nhostname = \"h2\"\n[namespaces]\nnet = false\n\
+             [[mount]]\ntype = \"tmpfs\"\ndst = \"/data\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(p.hostname.as_str(), "h2");
+        assert!(
+            !p.namespaces.net && p.namespaces.pid,
+            "tables merge key by key"
+        );
+        assert_eq!(p.mount.len(), base.mount.len() + 1, "mounts append");
+        assert_eq!(p.mount[..base.mount.len()], base.mount[..]);
+        assert_eq!(p.env, base.env);
+        let e =
+            Profile::from_toml_str("extends = \"default\"\nhostnme = \"x\"", "x.toml").unwrap_err();
+        assert!(e.to_string().starts_with("x.toml:2:1: "), "{e}");
+        let e = Profile::from_toml_str("extends = \"nope\"", "x.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("extends unknown profile 'nope'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mount_entries_are_checked() {
+        let e = Profile::from_toml_str("[[mount]]\ntype = \"ro-bind\"\n", "m").unwrap_err();
+        assert!(e.to_string().contains("missing field `src`"), "{e}");
+        let e =
+            Profile::from_toml_str("[[mount]]\ntype = \"nfs\"\ndst = \"/x\"\n", "m").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `nfs`"), "{e}");
+        let e = Profile::from_toml_str("[[mount]]\ntype = \"tmpfs\"\ndst = \"rel\"\n", "m")
+            .unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let e = Profile::from_toml_str(
+            "[[mount]]\ntype = \"tmpfs\"\ndst = \"/t\"\nsize = \"9Q\"\n",
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a size"), "{e}");
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
