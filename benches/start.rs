@@ -45,7 +45,7 @@ enum Way {
     Bare,
     Unshare(PathBuf),
     Cli(PathBuf),
-    Library(Profile),
+    Library(Box<Profile>),
     Bwrap(PathBuf),
 }
 
@@ -85,11 +85,12 @@ impl Way {
             }
             Way::Library(profile) => {
                 let t0 = Instant::now();
-                let mut r = SandboxRunner::new(profile.clone(), "/bin/true", Vec::<String>::new())
-                    .map_err(|e| format!("SandboxRunner::new: {e}"))?
-                    .with_stdin(Stdio::Null)
-                    .with_stdout(Stdio::Null)
-                    .with_stderr(Stdio::Null);
+                let mut r =
+                    SandboxRunner::new((**profile).clone(), "/bin/true", Vec::<String>::new())
+                        .map_err(|e| format!("SandboxRunner::new: {e}"))?
+                        .with_stdin(Stdio::Null)
+                        .with_stdout(Stdio::Null)
+                        .with_stderr(Stdio::Null);
                 r.start().await.map_err(|e| format!("start: {e}"))?;
                 let status = r.wait().await.map_err(|e| format!("wait: {e}"))?;
                 let elapsed = t0.elapsed();
@@ -251,7 +252,7 @@ async fn bench(iters: usize) {
     }
     let profile =
         Profile::builtin("default").unwrap_or_else(|e| fail(format!("default profile: {e}")));
-    ways.push(Way::Library(profile));
+    ways.push(Way::Library(Box::new(profile)));
     match find_on_path("bwrap") {
         Some(p) => ways.push(Way::Bwrap(p)),
         None => notes.push("note: `bwrap` is not on PATH; the bwrap way is skipped".to_string()),

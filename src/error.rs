@@ -97,6 +97,22 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// No sandbox with this ID has state on this host.
+    #[error("no sandbox {id}: {why}")]
+    NoSuchSandbox {
+        /// The ID asked for.
+        id: String,
+        /// Why it was not found.
+        why: String,
+    },
+    /// The state of a detached sandbox no longer matches a live sandbox; nothing was signalled.
+    #[error("sandbox {id} is stale: {why}; nothing was signalled")]
+    Stale {
+        /// The sandbox ID.
+        id: String,
+        /// What did not match.
+        why: String,
+    },
     /// `start` was called twice, or `wait`/`kill` before `start`.
     #[error("{0}")]
     State(&'static str),

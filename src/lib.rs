@@ -35,9 +35,11 @@ mod net;
 pub mod pid;
 pub mod plan;
 pub mod profile;
+pub mod reattach;
 pub mod runner;
 pub mod sandbox;
 pub mod spawn;
+pub mod state;
 pub mod status;
 mod uts;
 

@@ -43,6 +43,7 @@ pub struct Plan {
     pub(crate) new_session: bool,
     pub(crate) c: CStrings,
     pub(crate) private_root: bool,
+    pub(crate) detach: bool,
     pub(crate) root_ops: Vec<crate::mnt::MountOp>,
     root_labels: Vec<String>,
     /// Capabilities the plugin keeps, as a bit mask over capability numbers.
@@ -158,6 +159,7 @@ impl Plan {
                 old_root,
             },
             private_root: profile.private_root && profile.namespaces.mount,
+            detach: profile.detach,
             root_ops: root.ops,
             root_labels: root.labels,
             keep_caps,

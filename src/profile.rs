@@ -58,6 +58,10 @@ pub struct Profile {
     /// What the private root holds, in order.
     #[serde(default)]
     pub mount: Vec<MountSpec>,
+    /// Start detached: the sandbox does not die with its host, and records its state under
+    /// the state directory so another process can reattach, wait, kill and translate.
+    #[serde(default)]
+    pub detach: bool,
     /// Capabilities the plugin keeps (e.g. `"CAP_NET_BIND_SERVICE"`); all others are dropped
     /// from every set, the bounding set included.
     #[serde(default)]
@@ -180,6 +184,7 @@ impl Default for Profile {
             private_root: true,
             mount: Vec::new(),
             keep_capabilities: Vec::new(),
+            detach: false,
         }
     }
 }

@@ -21,8 +21,11 @@ use crate::spawn::{self, ChildFds, FdList, Spawned, Step, StepError, STEP_ERROR_
 use crate::status::ExitStatus;
 
 /// Where one of the plugin's standard streams goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stdio {
+    /// A file on the host, created (0600) or appended to (output streams only; for stdin
+    /// it is read).
+    File(std::path::PathBuf),
     /// A pipe to the host: [`Runner::stdout`] / [`Runner::stderr`] hand out the read end,
     /// [`SandboxRunner::take_stdin`] the write end.
     Pipe,
@@ -139,6 +142,33 @@ impl SandboxRunner {
         Diagnosis::new(&self.id, &self.name, status, setup, running)
     }
 
+    fn write_state(&self, pid: i32) -> Result<(), Error> {
+        let st = crate::state::SandboxState {
+            id: self.id.clone(),
+            program: self.name.clone(),
+            init_pid: pid,
+            init_start_time: crate::state::start_time(pid)
+                .ok_or_else(|| Error::host(format!("reading /proc/{pid}/stat"), Errno::ESRCH))?,
+            kill_grace_ms: self.profile.kill_grace.0.as_millis() as u64,
+            socket_dir: None,
+            links_dir: None,
+            sandbox_socket_dir: None,
+            host_network: !self.profile.namespaces.net,
+            cgroups: Vec::new(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        st.write()
+    }
+
+    /// Reattaches to the detached sandbox `id` (mirrors go-plugin's `ReattachFunc`): its state
+    /// is read and its init verified (pid and start time) before anything is done.
+    pub fn reattach(id: &str) -> Result<crate::reattach::Reattached, Error> {
+        crate::reattach::Reattached::open(id)
+    }
+
     async fn start_inner(&mut self) -> Result<(), Error> {
         for &fd in self.plan.pass_fds() {
             // SAFETY: F_GETFD only reads the fd's flags.
@@ -150,12 +180,22 @@ impl SandboxRunner {
             }
         }
         let (err_r, err_w) = pipe()?;
-        let (status_r, status_w) = pipe()?;
+        // A detached sandbox keeps its state (and the plugin's exit status) in a directory
+        // of its own, so a process that reattaches later can read it; removed on failure.
+        let mut state_guard = DirGuard(None);
+        let (status_r, status_w) = if self.plan.detach {
+            let dir = crate::state::create_dir(&self.id, None)?;
+            state_guard.0 = Some(dir.clone());
+            status_file(&dir.join("status"))?
+        } else {
+            pipe()?
+        };
         let (sync_r, sync_w) = pipe()?;
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let mut stdin_fd = -1;
         let mut input: Option<PipeWriter> = None;
-        match self.stdin {
+        match &self.stdin {
+            Stdio::File(p) => stdin_fd = keep(&mut child_side, open_file(p, libc::O_RDONLY)?),
             Stdio::Inherit => {}
             Stdio::Null => stdin_fd = keep(&mut child_side, dev_null(libc::O_RDONLY)?),
             Stdio::Pipe => {
@@ -171,6 +211,10 @@ impl SandboxRunner {
             Ok(match s {
                 Stdio::Inherit => (keep(&mut child_side, dup_above2(fd)?), None),
                 Stdio::Null => (keep(&mut child_side, dev_null(libc::O_WRONLY)?), None),
+                Stdio::File(p) => {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
+                    (keep(&mut child_side, open_file(&p, flags)?), None)
+                }
                 Stdio::Pipe => {
                     let (r, w) = pipe()?;
                     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
@@ -179,8 +223,8 @@ impl SandboxRunner {
                 }
             })
         };
-        let (stdout_fd, out) = output(self.stdout, 1)?;
-        let (stderr_fd, err) = output(self.stderr, 2)?;
+        let (stdout_fd, out) = output(self.stdout.clone(), 1)?;
+        let (stderr_fd, err) = output(self.stderr.clone(), 2)?;
         let mut init_keep = vec![err_w.as_raw_fd(), status_w.as_raw_fd(), sync_r.as_raw_fd()];
         let mut plugin_keep = vec![err_w.as_raw_fd()];
         init_keep.extend_from_slice(self.plan.pass_fds());
@@ -210,7 +254,12 @@ impl SandboxRunner {
                 .map_err(|e| Error::host("pidfd", e.into_parts().1))?,
             status_r,
             exit: Mutex::new(None),
+            detached: self.plan.detach,
+            state_dir: state_guard.0.take(),
         };
+        if running.detached {
+            self.write_state(pid)?;
+        }
         // Let the child go on, then learn whether it reached execve.
         write_all(&sync_w, &[1])?;
         drop(sync_w);
@@ -263,6 +312,10 @@ struct Running {
     pidfd: AsyncFd<OwnedFd>,
     status_r: OwnedFd,
     exit: Mutex<Option<ExitStatus>>,
+    /// Started detached: dropping the runner leaves it running.
+    detached: bool,
+    /// Host-side state directory, removed once the sandbox has ended.
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl Running {
@@ -307,6 +360,9 @@ impl Running {
             }
         };
         *g = Some(s);
+        if let Some(d) = &self.state_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
         Ok(Some(s))
     }
 
@@ -344,6 +400,22 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if self.status().is_none() && self.detached {
+            // It keeps running; still, it is our child, so reap it when it ends rather than
+            // leave a zombie behind in a long-lived host.
+            if let Ok(fd) = self.pidfd.get_ref().try_clone() {
+                let _ = std::thread::Builder::new()
+                    .name("sandbox-reaper".into())
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let _ = rustix::process::waitid(
+                            WaitId::PidFd(fd.as_fd()),
+                            WaitIdOptions::EXITED,
+                        );
+                    });
+            }
+            return;
+        }
         if self.status().is_none() {
             let _ = pidfd_send_signal(self.pidfd.get_ref(), Signal::KILL);
             let _ = self.try_reap(WaitIdOptions::EXITED);
@@ -363,6 +435,16 @@ impl AddrTranslator for SandboxRunner {
 
 /// Without a shared socket directory, only a shared network carries addresses unchanged.
 fn translate(private_net: bool, network: &str, addr: &str) -> Result<(String, String), AddrError> {
+    translate_shared(!private_net, network, addr)
+}
+
+/// Translation when no socket directory is shared: tcp passes only with the host network.
+pub(crate) fn translate_shared(
+    host_network: bool,
+    network: &str,
+    addr: &str,
+) -> Result<(String, String), AddrError> {
+    let private_net = !host_network;
     match network {
         "tcp" | "tcp4" | "tcp6" if !private_net => Ok((network.into(), addr.into())),
         "tcp" | "tcp4" | "tcp6" => Err(AddrError::Unsupported {
@@ -484,6 +566,40 @@ fn dev_null(flags: libc::c_int) -> Result<OwnedFd, Error> {
     }
     // SAFETY: n is a fresh fd.
     above2(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Removes a directory on drop unless disarmed (taken).
+struct DirGuard(Option<std::path::PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn open_file(path: &std::path::Path, flags: libc::c_int) -> Result<OwnedFd, Error> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| Error::InvalidCommand(format!("{} contains NUL", path.display())))?;
+    // SAFETY: open returns a new fd we own, or -1.
+    let n = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY, 0o600) };
+    if n == -1 {
+        return Err(Error::host(
+            format!("opening {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: n is a fresh fd.
+    above2(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// The status "pipe" of a detached sandbox: a file its init writes the plugin's wait status
+/// to, readable by whoever reattaches.
+fn status_file(path: &std::path::Path) -> Result<(OwnedFd, OwnedFd), Error> {
+    let w = open_file(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+    let r = open_file(path, libc::O_RDONLY)?;
+    Ok((r, w))
 }
 
 fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {

@@ -253,17 +253,20 @@ pub(crate) fn check(ret: c_int) -> Result<c_int, Errno> {
 /// Runs in the freshly cloned child; async-signal-safe; never returns.
 unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     let e = fds.err_w;
-    // Die with the spawner thread. In a new PID namespace getppid() is always 0, so the race
-    // with a host that died before this prctl is closed by the sync pipe below instead: its
-    // read returns EOF once the host (the only other holder of the write end) is gone.
-    if let Err(err) = check(libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    )) {
-        fail(e, Step::DeathSignal, err)
+    // Die with the spawner thread (unless detached). In a new PID namespace getppid() is
+    // always 0, so the race with a host that died before this prctl is closed by the sync
+    // pipe below instead: its read returns EOF once the host (the only other holder of the
+    // write end) is gone.
+    if !plan.detach {
+        if let Err(err) = check(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )) {
+            fail(e, Step::DeathSignal, err)
+        }
     }
     // Nothing in the sandbox may ptrace the init or read its memory (a copy of the host's).
     if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {

@@ -53,6 +53,11 @@ struct Cli {
     #[arg(long = "tmpfs", value_name = "DST", action = ArgAction::Append)]
     tmpfs: Vec<String>,
 
+    /// Start detached: print the sandbox ID and exit, leaving the sandbox running (its
+    /// stdout and stderr go to files in its state directory).
+    #[arg(long)]
+    detach: bool,
+
     /// The program's stdin: null or inherit (default: the profile's).
     #[arg(long, value_name = "MODE", value_parser = ["null", "inherit"])]
     stdin: Option<String>,
@@ -66,6 +71,13 @@ struct Cli {
 enum Sub {
     /// Report what this host supports and whether the default profile can run here.
     Check,
+    /// List detached sandboxes.
+    Ps,
+    /// Stop a detached sandbox: SIGTERM, then after its grace period SIGKILL of everything.
+    Kill {
+        /// The sandbox ID printed by `--detach`.
+        id: String,
+    },
 }
 
 fn parse_env(s: &str) -> Result<(EnvName, EnvValue), String> {
@@ -148,6 +160,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         };
     }
+    match cli.sub {
+        Some(Sub::Ps) => return ps(),
+        Some(Sub::Kill { ref id }) => return kill(id),
+        _ => {}
+    }
     if cli.command.is_empty() {
         eprintln!(
             "sandbox-run: no program given\nusage: sandbox-run [OPTIONS] -- PROGRAM [ARGS...]"
@@ -194,6 +211,10 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
         // Nothing in the CLI writes to a stdin pipe: the caller's stdin is the input.
         profile.stdin = StdinMode::Inherit;
     }
+    if cli.detach {
+        profile.detach = true;
+        profile.stdin = StdinMode::Null;
+    }
     let (program, args) = cli.command.split_first().expect("checked non-empty");
     let runner = match SandboxRunner::new(profile, program, args.to_vec()) {
         Ok(r) => r,
@@ -202,6 +223,22 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
             return e.exit_code();
         }
     };
+    if cli.detach {
+        let dir = sandbox_runner::state::dir_of(runner.id());
+        let mut runner = runner
+            .with_stdout(Stdio::File(dir.join("stdout")))
+            .with_stderr(Stdio::File(dir.join("stderr")));
+        return match runner.start().await {
+            Ok(()) => {
+                println!("{}", runner.id());
+                0
+            }
+            Err(e) => {
+                eprintln!("sandbox-run: {e}");
+                e.exit_code()
+            }
+        };
+    }
     let mut runner = runner
         .with_stdout(Stdio::Inherit)
         .with_stderr(Stdio::Inherit);
@@ -252,4 +289,58 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
             }
         }
     }
+}
+
+/// `sandbox-run ps`: one line per detached sandbox.
+fn ps() -> ExitCode {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{:<28}  {:>8}  {:<8}  PROGRAM", "ID", "PID", "STATE");
+    for (id, st) in sandbox_runner::state::SandboxState::list() {
+        let line = match st {
+            Ok(s) => {
+                let state = match s.open_init() {
+                    Ok(_) => "running".to_string(),
+                    Err(_) => "stale".to_string(),
+                };
+                format!("{:<28}  {:>8}  {:<8}  {}", id, s.init_pid, state, s.program)
+            }
+            Err(e) => format!("{id:<28}  {:>8}  {:<8}  ({e})", "-", "broken"),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sandbox-run kill ID`.
+fn kill(id: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandbox-run: cannot start the async runtime: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    rt.block_on(async {
+        let r = match SandboxRunner::reattach(id) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sandbox-run: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match r.kill().await {
+            Ok(()) => {
+                let st = r.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                println!("{id}: {st}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sandbox-run: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
