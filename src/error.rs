@@ -161,7 +161,7 @@ pub enum AddrError {
     /// A unix socket path that is not of the form `<dir>/<name>` for the mapped socket
     /// directory (a path elsewhere, `..` segments, a relative or abstract address, ...).
     #[error(
-        "unix address '{addr}' refused: only a socket directly inside {dir} can cross the          sandbox boundary (the plugin must create it in PLUGIN_UNIX_SOCKET_DIR)"
+        "unix address '{addr}' refused: only a socket directly inside {dir} can cross the sandbox boundary (the plugin must create it in PLUGIN_UNIX_SOCKET_DIR)"
     )]
     OutsideSocketDir {
         /// The address as given.
@@ -179,7 +179,7 @@ pub enum AddrError {
     },
     /// A unix socket path longer than `sun_path` allows.
     #[error(
-        "unix address '{path}' refused: {len} bytes does not fit a unix socket address (at          most {max} bytes); use a shorter socket directory or name"
+        "unix address '{path}' refused: {len} bytes does not fit a unix socket address (at most {max} bytes); use a shorter socket directory or name"
     )]
     TooLong {
         /// The path that does not fit (the announced one, or the host path it maps to).
@@ -198,7 +198,7 @@ pub enum AddrError {
     /// The announced name is a symbolic link: following it could reach a host socket the
     /// plugin must not steer the host to.
     #[error(
-        "unix address '{addr}' refused: it is a symbolic link, which is never followed          (a plugin could point it at a socket only the host can reach)"
+        "unix address '{addr}' refused: it is a symbolic link, which is never followed (a plugin could point it at a socket only the host can reach)"
     )]
     Symlink {
         /// The address as given.

@@ -29,6 +29,7 @@ pub mod cgroup;
 pub mod check;
 pub mod diagnose;
 pub mod error;
+pub mod goplugin;
 pub mod handshake;
 mod mnt;
 mod net;

@@ -357,6 +357,16 @@ impl RootBuilder {
         }
     }
 
+    /// Binds the host directory `src` (created by the runner at start, so not checked now)
+    /// read-write at `dst`, `nosuid,nodev,noexec`: the socket directory.
+    pub fn bind_socket_dir(&mut self, src: &Path, dst: &Path) -> Result<(), Error> {
+        self.labels
+            .push(format!("socket dir {} -> {}", src.display(), dst.display()));
+        self.dirs(dst, true, 0o755)?;
+        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        self.push(OpKind::Bind { attrs }, &old(src), dst, "", 0)
+    }
+
     /// Makes sure `program` (a host path) can be executed in the sandbox: when no bind shows
     /// its real file at the same path, adds a read-only bind of that file. Returns the path
     /// to `execve` inside the sandbox.

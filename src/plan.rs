@@ -73,10 +73,30 @@ impl Plan {
         args: &[OsString],
         host_env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Plan, Error> {
+        Self::with_socket_dir(profile, program, args, host_env, None)
+    }
+
+    /// Like [`Plan::new`], with the host directory (created at start) that is shared as the
+    /// plugin's socket directory at [`crate::addr::SANDBOX_SOCKET_DIR`].
+    pub fn with_socket_dir(
+        profile: &Profile,
+        program: &OsStr,
+        args: &[OsString],
+        host_env: &dyn Fn(&str) -> Option<OsString>,
+        socket_host_dir: Option<&Path>,
+    ) -> Result<Plan, Error> {
         if program.is_empty() {
             return Err(Error::InvalidCommand("no program given".into()));
         }
-        let env = build_env(profile, host_env);
+        let mut env = build_env(profile, host_env);
+        if socket_host_dir.is_some() {
+            // Replaced, never appended: the host's value names a host path.
+            let dir = crate::addr::SANDBOX_SOCKET_DIR;
+            set_env(&mut env, "PLUGIN_UNIX_SOCKET_DIR", dir);
+            if profile.sockets.tmpdir {
+                set_env(&mut env, "TMPDIR", dir);
+            }
+        }
         let path_var = env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -87,6 +107,9 @@ impl Plan {
         let exec_path = if profile.private_root && profile.namespaces.mount {
             for m in &profile.mount {
                 root.add(m)?;
+            }
+            if let Some(src) = socket_host_dir {
+                root.bind_socket_dir(src, Path::new(crate::addr::SANDBOX_SOCKET_DIR))?;
             }
             root.ensure_program(&program_path)?
         } else {
@@ -212,6 +235,13 @@ impl Plan {
     }
 }
 
+fn set_env(env: &mut Vec<(OsString, OsString)>, k: &str, v: &str) {
+    match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(slot) => slot.1 = v.into(),
+        None => env.push((k.into(), v.into())),
+    }
+}
+
 fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
     v.iter()
         .map(|c| c.as_ptr())
@@ -242,6 +272,15 @@ fn build_env(
     put("HOME", "/".into());
     if let Some(t) = host_env("TERM") {
         put("TERM", t);
+    }
+    if profile.env.pass_all {
+        for (k, v) in std::env::vars_os() {
+            if let Some(k) = k.to_str() {
+                if !k.is_empty() && !k.contains('=') {
+                    put(k, v);
+                }
+            }
+        }
     }
     for name in &profile.env.pass {
         if let Some(v) = host_env(name.as_str()) {

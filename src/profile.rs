@@ -12,8 +12,13 @@ use std::time::Duration;
 use crate::error::ProfileError;
 
 /// The profiles embedded in the binary: `(name, TOML text)`.
-pub const BUILTIN: &[(&str, &str)] =
-    &[("default", include_str!("../sandbox-profiles/default.toml"))];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("default", include_str!("../sandbox-profiles/default.toml")),
+    (
+        "go-plugin",
+        include_str!("../sandbox-profiles/go-plugin.toml"),
+    ),
+];
 
 /// A sandbox profile. Every key is optional; a missing key takes the safe default shown in
 /// `sandbox-profiles/default.toml`.
@@ -58,6 +63,9 @@ pub struct Profile {
     /// What the private root holds, in order.
     #[serde(default)]
     pub mount: Vec<MountSpec>,
+    /// A unix-socket directory shared with the host, for go-plugin style plugins.
+    #[serde(default)]
+    pub sockets: SocketsConfig,
     /// Start detached: the sandbox does not die with its host, and records its state under
     /// the state directory so another process can reattach, wait, kill and translate.
     #[serde(default)]
@@ -185,8 +193,31 @@ impl Default for Profile {
             mount: Vec::new(),
             keep_capabilities: Vec::new(),
             detach: false,
+            sockets: SocketsConfig::default(),
         }
     }
+}
+
+/// The socket directory a sandbox shares with its host.
+///
+/// When enabled, a fresh host directory (0700, or 0770 for `group`) is bind-mounted at
+/// `/run/plugin-sockets` and `PLUGIN_UNIX_SOCKET_DIR` is set (replaced) to that path in the
+/// plugin's environment. When the host already set `PLUGIN_UNIX_SOCKET_DIR`, that directory
+/// is used instead (the host owns it and cleans it up).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SocketsConfig {
+    /// Share a socket directory (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// A group (name or numeric gid) given access to the directory, like go-plugin's
+    /// `PLUGIN_UNIX_SOCKET_GROUP`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Also point `TMPDIR` at the socket directory, for older go-plugin plugins that ignore
+    /// `PLUGIN_UNIX_SOCKET_DIR` and create their socket in the OS temp dir (default true).
+    #[serde(default = "yes")]
+    pub tmpdir: bool,
 }
 
 /// The namespaces a sandbox is cloned into. Each is on unless the profile says `false`.
@@ -238,6 +269,10 @@ pub struct EnvConfig {
     /// Variables set explicitly.
     #[serde(default)]
     pub set: BTreeMap<EnvName, EnvValue>,
+    /// Pass the host's whole environment through (before `set`). For drop-in go-plugin
+    /// use, where the magic cookie has a host-chosen name. Default false.
+    #[serde(default)]
+    pub pass_all: bool,
 }
 
 /// The default `PATH` in a sandbox.

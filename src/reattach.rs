@@ -21,6 +21,7 @@ use crate::status::ExitStatus;
 /// plugin's status is read from the state directory, where the init wrote it.
 pub struct Reattached {
     state: SandboxState,
+    sockets: Option<crate::addr::SocketDir>,
     pidfd: AsyncFd<OwnedFd>,
     exit: Mutex<Option<ExitStatus>>,
 }
@@ -34,8 +35,28 @@ impl Reattached {
         // SAFETY: an OwnedFd keeps the same open fd for as long as the AsyncFd owns it.
         let pidfd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
             .map_err(|e| Error::host("pidfd", e.into_parts().1))?;
+        let sockets = match (&st.socket_dir, &st.links_dir) {
+            (Some(h), Some(l)) => {
+                let mut sd = crate::addr::SocketDir::open_existing(h, l)
+                    .map_err(|e| Error::Stale {
+                        id: id.to_string(),
+                        why: format!("its socket directory: {e}"),
+                    })?
+                    .with_host_network(st.host_network);
+                if let Some(d) = &st.sandbox_socket_dir {
+                    sd = sd.with_sandbox_dir(d).map_err(|e| Error::Stale {
+                        id: id.to_string(),
+                        why: format!("its socket directory: {e}"),
+                    })?;
+                }
+                sd.set_cleanup_on_drop(false);
+                Some(sd)
+            }
+            _ => None,
+        };
         Ok(Reattached {
             state: st,
+            sockets,
             pidfd,
             exit: Mutex::new(None),
         })
@@ -136,10 +157,16 @@ impl AttachedRunner for Reattached {
 
 impl AddrTranslator for Reattached {
     fn plugin_to_host(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
-        crate::sandbox::translate_shared(self.state.host_network, network, addr)
+        match &self.sockets {
+            Some(sd) => sd.plugin_to_host(network, addr),
+            None => crate::sandbox::translate_shared(self.state.host_network, network, addr),
+        }
     }
 
     fn host_to_plugin(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
-        crate::sandbox::translate_shared(self.state.host_network, network, addr)
+        match &self.sockets {
+            Some(sd) => sd.host_to_plugin(network, addr),
+            None => crate::sandbox::translate_shared(self.state.host_network, network, addr),
+        }
     }
 }

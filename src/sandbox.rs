@@ -12,6 +12,7 @@ use tokio::io::Interest;
 use nix::errno::Errno;
 use rustix::process::{pidfd_send_signal, Signal, WaitId, WaitIdOptions};
 
+use crate::addr::SocketDir;
 use crate::diagnose::Diagnosis;
 use crate::error::{AddrError, Error};
 use crate::plan::Plan;
@@ -52,6 +53,10 @@ pub struct SandboxRunner {
     err: Option<PipeReader>,
     input: Option<PipeWriter>,
     setup_error: Mutex<Option<String>>,
+    /// The host directory shared as the socket directory, and whether the host owns it.
+    socket_host: Option<(std::path::PathBuf, bool)>,
+    /// The translator over the socket directory, once started.
+    sockets: Option<SocketDir>,
 }
 
 impl SandboxRunner {
@@ -64,14 +69,39 @@ impl SandboxRunner {
         A: Into<OsString>,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let plan = Plan::new(&profile, program.as_ref(), &args, &|k| std::env::var_os(k))?;
+        let id = new_id();
+        // The socket directory: the host's own PLUGIN_UNIX_SOCKET_DIR when it set one (it owns
+        // and cleans it), else a fresh one in this sandbox's state directory.
+        let socket_host = if profile.sockets.enabled {
+            if !profile.private_root || !profile.namespaces.mount {
+                return Err(Error::InvalidCommand(
+                    "a shared socket directory needs the private root (`private_root = true`)"
+                        .into(),
+                ));
+            }
+            Some(
+                match std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").filter(|v| !v.is_empty()) {
+                    Some(d) => (std::path::PathBuf::from(d), true),
+                    None => (crate::state::dir_of(&id).join("sock"), false),
+                },
+            )
+        } else {
+            None
+        };
+        let plan = Plan::with_socket_dir(
+            &profile,
+            program.as_ref(),
+            &args,
+            &|k| std::env::var_os(k),
+            socket_host.as_ref().map(|(p, _)| p.as_path()),
+        )?;
         let stdin = match profile.stdin {
             StdinMode::Null => Stdio::Null,
             StdinMode::Inherit => Stdio::Inherit,
             StdinMode::Pipe => Stdio::Pipe,
         };
         Ok(SandboxRunner {
-            id: new_id(),
+            id,
             name: plan.program_path().display().to_string(),
             profile,
             plan: Arc::new(plan),
@@ -83,6 +113,8 @@ impl SandboxRunner {
             err: None,
             input: None,
             setup_error: Mutex::new(None),
+            socket_host,
+            sockets: None,
         })
     }
 
@@ -142,6 +174,69 @@ impl SandboxRunner {
         Diagnosis::new(&self.id, &self.name, status, setup, running)
     }
 
+    /// The gid of the profile's socket group, if one is named.
+    fn socket_group(&self) -> Result<Option<u32>, Error> {
+        let Some(g) = self
+            .profile
+            .sockets
+            .group
+            .as_deref()
+            .filter(|g| !g.is_empty())
+        else {
+            return Ok(None);
+        };
+        if let Ok(n) = g.parse::<u32>() {
+            return Ok(Some(n));
+        }
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => Ok(Some(gr.gid.as_raw())),
+            Ok(None) => Err(Error::InvalidCommand(format!(
+                "sockets.group: no group named '{g}' on this host"
+            ))),
+            Err(e) => Err(Error::host(format!("looking up group '{g}'"), e)),
+        }
+    }
+
+    /// Creates (or, for a host-owned directory, opens) the socket directory and its
+    /// host-only directory of verified links.
+    fn open_sockets(
+        &self,
+        host_dir: &std::path::Path,
+        host_owned: bool,
+        gid: Option<u32>,
+    ) -> Result<SocketDir, Error> {
+        let bad = |e: crate::addr::SocketDirError| Error::Host {
+            what: "socket directory".into(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut sd = if host_owned {
+            // Links must live on the same file system as the sockets (hard links), and
+            // outside anything the plugin can write: a private sibling of the host's dir.
+            let name = host_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let parent = host_dir.parent().unwrap_or(std::path::Path::new("/"));
+            let links = parent.join(format!(
+                ".{}.links-{}",
+                name.unwrap_or_else(|| "sock".into()),
+                self.id
+            ));
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&links)
+                .map_err(|e| Error::host(format!("creating {}", links.display()), e))?;
+            SocketDir::open_existing(host_dir, &links).map_err(|e| {
+                let _ = std::fs::remove_dir(&links);
+                bad(e)
+            })?
+        } else {
+            SocketDir::create(&crate::state::dir_of(&self.id), gid).map_err(bad)?
+        };
+        if self.plan.detach {
+            sd.set_cleanup_on_drop(false);
+        }
+        Ok(sd.with_host_network(!self.profile.namespaces.net))
+    }
+
     fn write_state(&self, pid: i32) -> Result<(), Error> {
         let st = crate::state::SandboxState {
             id: self.id.clone(),
@@ -150,9 +245,9 @@ impl SandboxRunner {
             init_start_time: crate::state::start_time(pid)
                 .ok_or_else(|| Error::host(format!("reading /proc/{pid}/stat"), Errno::ESRCH))?,
             kill_grace_ms: self.profile.kill_grace.0.as_millis() as u64,
-            socket_dir: None,
-            links_dir: None,
-            sandbox_socket_dir: None,
+            socket_dir: self.sockets.as_ref().map(|s| s.host_dir().to_path_buf()),
+            links_dir: self.sockets.as_ref().map(|s| s.links_dir().to_path_buf()),
+            sandbox_socket_dir: self.sockets.as_ref().map(|s| s.sandbox_dir().to_string()),
             host_network: !self.profile.namespaces.net,
             cgroups: Vec::new(),
             created: std::time::SystemTime::now()
@@ -183,12 +278,16 @@ impl SandboxRunner {
         // A detached sandbox keeps its state (and the plugin's exit status) in a directory
         // of its own, so a process that reattaches later can read it; removed on failure.
         let mut state_guard = DirGuard(None);
-        let (status_r, status_w) = if self.plan.detach {
-            let dir = crate::state::create_dir(&self.id, None)?;
-            state_guard.0 = Some(dir.clone());
-            status_file(&dir.join("status"))?
-        } else {
-            pipe()?
+        if self.plan.detach || self.socket_host.is_some() {
+            let gid = self.socket_group()?;
+            state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);
+            if let Some((host_dir, host_owned)) = &self.socket_host {
+                self.sockets = Some(self.open_sockets(host_dir, *host_owned, gid)?);
+            }
+        }
+        let (status_r, status_w) = match (&state_guard.0, self.plan.detach) {
+            (Some(dir), true) => status_file(&dir.join("status"))?,
+            _ => pipe()?,
         };
         let (sync_r, sync_w) = pipe()?;
         let mut child_side: Vec<OwnedFd> = Vec::new();
@@ -423,13 +522,36 @@ impl Drop for Running {
     }
 }
 
+impl Drop for SandboxRunner {
+    fn drop(&mut self) {
+        // The sandbox first (a started, attached one is killed and reaped), then its
+        // socket directory, which the plugin can no longer touch.
+        drop(self.running.take());
+        if let Some(sd) = self.sockets.take() {
+            let links = sd.links_dir().to_path_buf();
+            let host_owned = matches!(self.socket_host, Some((_, true)));
+            let detached = self.plan.detach;
+            drop(sd);
+            if host_owned && !detached {
+                let _ = std::fs::remove_dir_all(links);
+            }
+        }
+    }
+}
+
 impl AddrTranslator for SandboxRunner {
     fn plugin_to_host(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
-        translate(self.profile.namespaces.net, network, addr)
+        match &self.sockets {
+            Some(sd) => sd.plugin_to_host(network, addr),
+            None => translate(self.profile.namespaces.net, network, addr),
+        }
     }
 
     fn host_to_plugin(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
-        translate(self.profile.namespaces.net, network, addr)
+        match &self.sockets {
+            Some(sd) => sd.host_to_plugin(network, addr),
+            None => translate(self.profile.namespaces.net, network, addr),
+        }
     }
 }
 

@@ -7,6 +7,12 @@
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+use sandbox_runner::handshake;
+use sandbox_runner::{AddrTranslator, PipeReader};
 use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
@@ -239,8 +245,11 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
             }
         };
     }
+    // With a socket directory, stdout carries a go-plugin handshake whose address must be
+    // rewritten for the host; otherwise the plugin writes straight to our stdout.
+    let rewrite = runner.profile().sockets.enabled;
     let mut runner = runner
-        .with_stdout(Stdio::Inherit)
+        .with_stdout(if rewrite { Stdio::Pipe } else { Stdio::Inherit })
         .with_stderr(Stdio::Inherit);
 
     // Install the handlers before the start, so no signal sent meanwhile is lost.
@@ -258,6 +267,9 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
         eprintln!("sandbox-run: {e}");
         return e.exit_code();
     }
+    let out = runner.stdout();
+    let runner = Arc::new(runner);
+    let mut forward = out.map(|o| tokio::spawn(forward_stdout(o, runner.clone())));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for (sig, mut s) in streams {
         let tx = tx.clone();
@@ -274,6 +286,12 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     loop {
         tokio::select! {
             res = &mut wait => {
+                // Every byte the plugin wrote reaches our stdout before we exit.
+                if let Some(f) = forward.take() {
+                    if let Ok(Err(e)) = f.await {
+                        eprintln!("sandbox-run: {e}");
+                    }
+                }
                 return match res {
                     Ok(status) => status.code(),
                     Err(e) => {
@@ -287,8 +305,43 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
                     eprintln!("sandbox-run: forwarding signal {sig}: {e}");
                 }
             }
+            Some(res) = async { match forward.as_mut() { Some(f) => Some(f.await), None => None } } => {
+                forward = None;
+                if let Ok(Err(e)) = res {
+                    // A handshake that cannot be translated safely: stop the plugin rather
+                    // than let the host connect anywhere else.
+                    eprintln!("sandbox-run: {e}");
+                    let _ = runner.kill().await;
+                    return 125;
+                }
+            }
         }
     }
+}
+
+/// Copies the plugin's stdout to ours, rewriting the address of the go-plugin handshake
+/// (its first line) to the host path; every other byte passes unchanged.
+async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(), String> {
+    let mut r = tokio::io::BufReader::new(out);
+    let mut w = tokio::io::stdout();
+    let io = |e: std::io::Error| format!("writing stdout: {e}");
+    match handshake::read_handshake_line(&mut r, Duration::MAX).await {
+        Ok(line) => match handshake::parse(&line) {
+            Ok(hs) => {
+                let (n, a) = runner
+                    .plugin_to_host(hs.network(), hs.addr())
+                    .map_err(|e| format!("refusing the plugin's handshake: {e}"))?;
+                let l = handshake::rewrite(&line, &n, &a).map_err(|e| e.to_string())?;
+                w.write_all(&l).await.map_err(io)?;
+            }
+            // Not a handshake: the host will say so; pass it on untouched.
+            Err(_) => w.write_all(&line).await.map_err(io)?,
+        },
+        Err(e) => w.write_all(e.partial()).await.map_err(io)?,
+    }
+    w.flush().await.map_err(io)?;
+    tokio::io::copy(&mut r, &mut w).await.map_err(io)?;
+    w.flush().await.map_err(io)
 }
 
 /// `sandbox-run ps`: one line per detached sandbox.
