@@ -1,7 +1,9 @@
-//! `Diagnosis`: what happened to a plugin, as data (serde) and as one short paragraph.
+//! `Diagnosis`: what happened to a plugin, as data (serde) and as one short paragraph that
+//! says what happened and why, in one read.
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::{Counters, Limits};
 use crate::status::{signal_name, ExitStatus};
 
 /// What is known about how a sandboxed plugin ended.
@@ -13,14 +15,57 @@ pub struct Diagnosis {
     pub program: String,
     /// How the plugin ended, when it has.
     pub status: Option<ExitStatus>,
+    /// The exit code, when it exited.
+    pub exit_code: Option<i32>,
     /// The name of the signal that killed it (`SIGKILL`), if one did.
     pub signal_name: Option<String>,
+    /// Whether the kernel reported a core dump.
+    pub core_dumped: bool,
     /// The setup failure that kept the plugin from starting, if any.
     pub setup_error: Option<String>,
     /// Whether the plugin is still running.
     pub running: bool,
+    /// The cgroup limits it ran under, if any.
+    pub limits: Option<Limits>,
+    /// The cgroup counters and peak usage at the end (or now).
+    pub counters: Option<Counters>,
     /// One short paragraph that says what happened and why.
     pub text: String,
+}
+
+/// `64.0 MiB`, `512 KiB`, `3 B`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A limit as written: `64 MiB` for whole MiB, else like [`human_bytes`].
+fn limit_bytes(b: u64) -> String {
+    if b % (1 << 30) == 0 {
+        format!("{} GiB", b >> 30)
+    } else if b % (1 << 20) == 0 {
+        format!("{} MiB", b >> 20)
+    } else {
+        human_bytes(b)
+    }
+}
+
+fn times(n: u64) -> String {
+    if n == 1 {
+        "once".into()
+    } else {
+        format!("{n} times")
+    }
 }
 
 impl Diagnosis {
@@ -32,23 +77,139 @@ impl Diagnosis {
         setup_error: Option<String>,
         running: bool,
     ) -> Self {
-        let text = if let Some(e) = &setup_error {
-            format!("{program} did not start: {e}")
-        } else if running {
-            format!("{program} is still running in sandbox {id}")
-        } else if let Some(s) = status {
-            format!("{program} {s}")
-        } else {
-            format!("{program} was not started")
-        };
-        Diagnosis {
+        let mut d = Diagnosis {
             id: id.to_string(),
             program: program.to_string(),
             status,
+            exit_code: match status {
+                Some(ExitStatus::Exited { code }) => Some(code),
+                _ => None,
+            },
             signal_name: status.and_then(|s| s.signal()).map(signal_name),
+            core_dumped: matches!(
+                status,
+                Some(ExitStatus::Signaled {
+                    core_dumped: true,
+                    ..
+                })
+            ),
             setup_error,
             running,
-            text,
+            limits: None,
+            counters: None,
+            text: String::new(),
+        };
+        d.text = d.render();
+        d
+    }
+
+    /// Adds the cgroup limits and counters, and says what they explain.
+    pub fn with_cgroup(mut self, limits: Limits, counters: Counters) -> Self {
+        self.limits = Some(limits);
+        self.counters = Some(counters);
+        self.text = self.render();
+        self
+    }
+
+    /// The reasons the cgroup counters give, e.g. "the OOM killer ran once; peak memory
+    /// 64.0 MiB of a 64 MiB limit".
+    fn reasons(&self) -> Vec<String> {
+        let (Some(l), Some(c)) = (&self.limits, &self.counters) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let ooms = c.oom_kill.unwrap_or(0).max(c.oom_group_kill.unwrap_or(0));
+        if ooms > 0 {
+            let mut s = format!("the OOM killer ran {}", times(ooms));
+            if let (Some(peak), Some(limit)) = (c.memory_peak, l.memory) {
+                s.push_str(&format!(
+                    "; peak memory {} of a {} limit",
+                    human_bytes(peak),
+                    limit_bytes(limit)
+                ));
+            }
+            out.push(s);
         }
+        if let (Some(n), Some(limit)) = (c.pids_max, l.pids) {
+            if n > 0 {
+                out.push(format!(
+                    "fork failed {}: pids limit {limit} reached",
+                    times(n)
+                ));
+            }
+        }
+        out
+    }
+
+    fn render(&self) -> String {
+        let p = &self.program;
+        if let Some(e) = &self.setup_error {
+            return format!("{p} did not start: {e}");
+        }
+        if self.running {
+            return format!("{p} is still running in sandbox {}", self.id);
+        }
+        let Some(s) = self.status else {
+            return format!("{p} was not started");
+        };
+        let reasons = self.reasons();
+        let mut text = format!("{p} {s}");
+        if s.signal() == Some(libc::SIGSYS) {
+            text.push_str(": the seccomp filter refused a system call");
+        }
+        if !reasons.is_empty() {
+            text.push_str(if s.signal().is_some() { ": " } else { "; " });
+            text.push_str(&reasons.join("; "));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_and_pids_are_explained() {
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(16),
+            ..Default::default()
+        };
+        let c = Counters {
+            oom_kill: Some(1),
+            memory_peak: Some(64 << 20),
+            ..Default::default()
+        };
+        let d = Diagnosis::new(
+            "i",
+            "tail",
+            Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            }),
+            None,
+            false,
+        )
+        .with_cgroup(limits.clone(), c);
+        assert_eq!(
+            d.text,
+            "tail killed by SIGKILL: the OOM killer ran once; peak memory 64.0 MiB of a 64 MiB limit"
+        );
+        let c = Counters {
+            pids_max: Some(12),
+            ..Default::default()
+        };
+        let d = Diagnosis::new("i", "sh", Some(ExitStatus::Exited { code: 1 }), None, false)
+            .with_cgroup(limits, c);
+        assert_eq!(
+            d.text,
+            "sh exited with status 1; fork failed 12 times: pids limit 16 reached"
+        );
+        let d = Diagnosis::new("i", "sh", Some(ExitStatus::Exited { code: 3 }), None, false);
+        assert_eq!(d.text, "sh exited with status 3");
+        assert_eq!(d.exit_code, Some(3));
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("\"exit_code\":3"), "{json}");
     }
 }

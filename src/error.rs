@@ -89,6 +89,9 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// A cgroup could not be created, filled, or cleaned up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// A host-side system call failed while preparing or managing the sandbox.
     #[error("{what}: {source}")]
     Host {

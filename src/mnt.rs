@@ -59,6 +59,12 @@ pub(crate) enum OpKind {
     Proc,
     /// A private `devpts` instance.
     Devpts,
+    /// Like `Bind`, but nothing happens when `src` or `dst` does not exist (for `/proc`
+    /// entries a kernel may not have).
+    BindIfExists {
+        /// `MOUNT_ATTR_*` flags.
+        attrs: u64,
+    },
     /// `symlink(src, dst)`.
     Symlink,
 }
@@ -251,7 +257,27 @@ impl RootBuilder {
                 self.labels.push(label.clone());
                 let d = p(dst.as_str(), &label, self)?;
                 self.dirs(&d, true, 0o555)?;
-                self.push(OpKind::Proc, Path::new("proc"), &d, "", 0)
+                self.push(OpKind::Proc, Path::new("proc"), &d, "", 0)?;
+                // Capabilities are gone, but a root plugin still owns these by uid: keep
+                // the host's kernel knobs out of reach, as container runtimes do. Read-only:
+                let ro =
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+                for sub in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+                    let x = d.join(sub);
+                    self.push(OpKind::BindIfExists { attrs: ro }, &x, &x, "", 0)?;
+                }
+                // ... and hidden (an empty /dev/null in their place):
+                for sub in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+                    let x = d.join(sub);
+                    self.push(
+                        OpKind::BindIfExists { attrs: ro },
+                        &old(Path::new("/dev/null")),
+                        &x,
+                        "",
+                        0,
+                    )?;
+                }
+                Ok(())
             }
             MountSpec::Dev { dst, pts } => {
                 let label = format!("dev {}", dst.as_str());
@@ -478,6 +504,20 @@ unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
                 libc::MS_BIND | libc::MS_REC,
                 std::ptr::null(),
             ))?;
+            set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+        }
+        OpKind::BindIfExists { attrs } => {
+            if libc::mount(
+                op.src.as_ptr(),
+                op.dst.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) == -1
+            {
+                let e = Errno::last();
+                return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
+            }
             set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
         }
         OpKind::Tmpfs { flags } => check(libc::mount(

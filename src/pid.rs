@@ -9,7 +9,7 @@
 use nix::errno::Errno;
 
 use crate::plan::Plan;
-use crate::spawn::{check, close_all_but, fail, ChildFds, Step};
+use crate::spawn::{check, close_all_but, fail, fail_at, ChildFds, Step};
 
 /// The signals the init forwards to the plugin.
 pub const FORWARDED: [libc::c_int; 6] = [
@@ -127,6 +127,18 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
     if let Err(err) = check(libc::chdir(plan.c.cwd.as_ptr())) {
         fail(e, Step::Chdir, err)
     }
+    // Landlock first: its rules open the sandbox's paths (before a small `nofile` limit),
+    // and restricting needs CAP_SYS_ADMIN or no_new_privs.
+    if let Some(ll) = &plan.landlock {
+        if let Err((rule, err)) = crate::landlock::enforce(ll) {
+            fail_at(e, Step::Landlock, rule, err)
+        }
+    }
+    // Limits before the capability drop: CAP_SYS_RESOURCE lets a profile's limit go above
+    // the caller's hard limit.
+    if let Err((res, err)) = crate::rlimit::apply(&plan.rlimits) {
+        fail_at(e, Step::Rlimits, res, err)
+    }
     if let Err(err) = crate::capability::drop_all_but(plan.keep_caps, plan.last_cap) {
         fail(e, Step::Capabilities, err)
     }
@@ -142,6 +154,10 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
         if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
             fail(e, Step::PassFds, err)
         }
+    }
+    // seccomp last: nothing of the setup is filtered, only the plugin from its execve on.
+    if let Err(err) = crate::seccomp::apply(&plan.seccomp) {
+        fail(e, Step::Seccomp, err)
     }
     libc::execve(
         plan.c.program.as_ptr(),

@@ -50,6 +50,12 @@ pub struct Plan {
     pub(crate) keep_caps: u64,
     /// The highest capability number this kernel knows (`cap_last_cap`).
     pub(crate) last_cap: u32,
+    /// The seccomp BPF programs, installed in order just before `execve`.
+    pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
+    /// The resource limits.
+    pub(crate) rlimits: crate::rlimit::RlimitPlan,
+    /// The Landlock ruleset, when the sandbox uses one.
+    pub(crate) landlock: Option<crate::landlock::LandlockPlan>,
     _argv: Vec<CString>,
     pub(crate) argv_ptrs: Vec<*const c_char>,
     _envp: Vec<CString>,
@@ -165,6 +171,42 @@ impl Plan {
             }
         }
         let pass: Vec<RawFd> = profile.pass_fds.iter().map(|p| p.0).collect();
+        let invalid = |table: &str, message: String| {
+            Error::Profile(crate::error::ProfileError::Invalid {
+                origin: format!("profile {table}"),
+                message,
+            })
+        };
+        let seccomp =
+            crate::seccomp::compile(&profile.seccomp).map_err(|m| invalid("[seccomp]", m))?;
+        let can_raise = caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap_or(false);
+        let rlimits =
+            crate::rlimit::RlimitPlan::new(&profile.rlimits, crate::rlimit::nr_open(), can_raise)
+                .map_err(|m| invalid("[rlimits]", m))?;
+        let private_root = profile.private_root && profile.namespaces.mount;
+        let landlock = match crate::landlock::decide(
+            profile.landlock.mode,
+            crate::landlock::kernel_abi(),
+            private_root,
+        )
+        .map_err(|m| invalid("[landlock]", m))?
+        {
+            crate::landlock::Decision::Enforce(abi) => Some(
+                crate::landlock::LandlockPlan::build(&profile.landlock, abi, &root.ops)
+                    .map_err(|m| invalid("[landlock]", m))?,
+            ),
+            crate::landlock::Decision::Skip(warning) => {
+                if let Some(w) = warning {
+                    eprintln!("sandbox-run: {w}");
+                }
+                None
+            }
+        };
         let (staging, staging_old, old_root) = crate::mnt::staging_paths();
         Ok(Plan {
             clone_flags,
@@ -187,6 +229,9 @@ impl Plan {
             root_labels: root.labels,
             keep_caps,
             last_cap,
+            seccomp,
+            rlimits,
+            landlock,
             _argv: argv,
             argv_ptrs,
             _envp: envp,
@@ -230,6 +275,12 @@ impl Plan {
                 .unwrap_or_else(|| format!("entry {arg}")),
             Step::RootTmpfs | Step::PivotRoot => s(&self.c.staging),
             Step::DetachOldRoot => s(&self.c.old_root),
+            Step::Landlock => self
+                .landlock
+                .as_ref()
+                .map_or_else(|| "ruleset".into(), |l| l.rule_path(arg)),
+            Step::Rlimits => format!("rlimits.{}", crate::rlimit::resource_name(arg)),
+            Step::Seccomp => format!("filter {arg}"),
             _ => "-".into(),
         }
     }

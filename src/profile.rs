@@ -63,6 +63,9 @@ pub struct Profile {
     /// What the private root holds, in order.
     #[serde(default)]
     pub mount: Vec<MountSpec>,
+    /// cgroup limits on memory, processes and CPU.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// A unix-socket directory shared with the host, for go-plugin style plugins.
     #[serde(default)]
     pub sockets: SocketsConfig,
@@ -74,6 +77,15 @@ pub struct Profile {
     /// from every set, the bounding set included.
     #[serde(default)]
     pub keep_capabilities: Vec<CapName>,
+    /// The system calls the plugin may not make (a deny list modelled on Docker's).
+    #[serde(default)]
+    pub seccomp: crate::seccomp::SeccompConfig,
+    /// Resource limits set in the plugin (`core` = 0 unless given).
+    #[serde(default)]
+    pub rlimits: crate::rlimit::RlimitsConfig,
+    /// The Landlock layer over the private root's mounts.
+    #[serde(default)]
+    pub landlock: crate::landlock::LandlockConfig,
 }
 
 /// One entry of a private root, written `[[mount]]` with a `type`.
@@ -193,7 +205,58 @@ impl Default for Profile {
             mount: Vec::new(),
             keep_capabilities: Vec::new(),
             detach: false,
+            seccomp: crate::seccomp::SeccompConfig::default(),
+            rlimits: crate::rlimit::RlimitsConfig::default(),
+            landlock: crate::landlock::LandlockConfig::default(),
             sockets: SocketsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Resource limits, enforced with cgroups (v2, or v1 on legacy and hybrid hosts). A limit
+/// left out is not set; with none at all, no cgroup is created.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory limit like `"512M"` (`memory.max`; v1 `memory.limit_in_bytes`).
+    #[serde(default)]
+    pub memory: Option<Size>,
+    /// Swap allowed on top of `memory` (default none: swap is off).
+    #[serde(default)]
+    pub swap: Option<Size>,
+    /// Most processes and threads at once (`pids.max`).
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// CPU bandwidth in CPUs, like `0.5` (`cpu.max`; v1 CFS quota and period).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Relative CPU weight, 1 to 10000 (`cpu.weight`; v1 `cpu.shares`).
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
+    /// A delegated cgroup (a path as in `/proc/self/cgroup`, like `/plugins.slice`) to create
+    /// sandboxes under, instead of the caller's own cgroup.
+    #[serde(default)]
+    pub cgroup_parent: Option<AbsPath>,
+}
+
+impl LimitsConfig {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none()
+            && self.pids.is_none()
+            && self.cpus.is_none()
+            && self.cpu_weight.is_none()
+    }
+
+    /// The limits in the cgroup module's terms.
+    pub fn to_limits(&self) -> crate::cgroup::Limits {
+        crate::cgroup::Limits {
+            memory: self.memory.map(|s| s.0),
+            swap: self.swap.map(|s| s.0),
+            pids: self.pids,
+            cpus: self.cpus,
+            cpu_weight: self.cpu_weight,
         }
     }
 }
@@ -804,6 +867,30 @@ mod tests {
         assert_eq!(parse_size("64M").unwrap(), 64 << 20);
         assert_eq!(parse_size("1G").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
+    }
+
+    #[test]
+    fn hardening_tables_default_safe_and_are_checked() {
+        let p = Profile::builtin("default").unwrap();
+        assert_eq!(p.seccomp, crate::seccomp::SeccompConfig::default());
+        assert!(p.seccomp.enabled);
+        assert_eq!(p.seccomp.action, crate::seccomp::SeccompActionKind::Errno);
+        assert_eq!(p.rlimits.core, Some(crate::rlimit::Limit::Value(0)));
+        assert_eq!(p.landlock.mode, crate::landlock::LandlockMode::BestEffort);
+        assert_eq!(Profile::default().rlimits, p.rlimits);
+        let e = Profile::from_toml_str("[seccomp]\ndeny = [\"mkdir\", \"nosuchcall\"]\n", "p")
+            .unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("p:2:") && s.contains("'nosuchcall'"), "{s}");
+        let e = Profile::from_toml_str("[rlimits]\nnofile = \"many\"\n", "p").unwrap_err();
+        assert!(e.to_string().starts_with("p:2:10: "), "{e}");
+        let p = Profile::from_toml_str(
+            "extends = \"default\"\n[seccomp]\naction = \"kill\"\n[landlock]\nmode = \"off\"\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(p.seccomp.action, crate::seccomp::SeccompActionKind::Kill);
+        assert_eq!(p.landlock.mode, crate::landlock::LandlockMode::Off);
     }
 
     #[test]

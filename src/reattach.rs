@@ -104,6 +104,11 @@ impl Reattached {
             },
         };
         let _ = state::remove_dir(&self.state.id);
+        // Its cgroups are owned by its init, which is gone: reclaim them now rather than at
+        // the next start.
+        if !self.state.cgroups.is_empty() {
+            let _ = crate::cgroup::reclaim_stale();
+        }
         *g = Some(s);
         s
     }

@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use rustix::process::{pidfd_send_signal, Signal, WaitId, WaitIdOptions};
 
 use crate::addr::SocketDir;
+use crate::cgroup::{Counters, SandboxCgroup, Watcher};
 use crate::diagnose::Diagnosis;
 use crate::error::{AddrError, Error};
 use crate::plan::Plan;
@@ -55,6 +56,8 @@ pub struct SandboxRunner {
     setup_error: Mutex<Option<String>>,
     /// The host directory shared as the socket directory, and whether the host owns it.
     socket_host: Option<(std::path::PathBuf, bool)>,
+    /// cgroup directories handed over to a detached sandbox (for its state file).
+    cgroup_paths: Vec<std::path::PathBuf>,
     /// The translator over the socket directory, once started.
     sockets: Option<SocketDir>,
 }
@@ -115,6 +118,7 @@ impl SandboxRunner {
             setup_error: Mutex::new(None),
             socket_host,
             sockets: None,
+            cgroup_paths: Vec::new(),
         })
     }
 
@@ -171,7 +175,11 @@ impl SandboxRunner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Diagnosis::new(&self.id, &self.name, status, setup, running)
+        let d = Diagnosis::new(&self.id, &self.name, status, setup, running);
+        match self.running.as_ref().and_then(|r| r.counters()) {
+            Some(c) => d.with_cgroup(self.profile.limits.to_limits(), c),
+            None => d,
+        }
     }
 
     /// The gid of the profile's socket group, if one is named.
@@ -249,7 +257,7 @@ impl SandboxRunner {
             links_dir: self.sockets.as_ref().map(|s| s.links_dir().to_path_buf()),
             sandbox_socket_dir: self.sockets.as_ref().map(|s| s.sandbox_dir().to_string()),
             host_network: !self.profile.namespaces.net,
-            cgroups: Vec::new(),
+            cgroups: self.cgroup_paths.clone(),
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -341,7 +349,29 @@ impl SandboxRunner {
         };
         child_side.extend([err_w, status_w, sync_r]);
 
-        let Spawned { pid, pidfd } = spawn::spawn(self.plan.clone(), fds, child_side)
+        // The cgroup exists, with its limits, before the child does (and stale cgroups of
+        // crashed hosts are reclaimed on the way).
+        let cgroup = if self.profile.limits.is_empty() {
+            None
+        } else {
+            let parent = self.profile.limits.cgroup_parent.as_ref();
+            Some(SandboxCgroup::create(
+                &self.id,
+                &self.profile.limits.to_limits(),
+                parent.map(|p| std::path::Path::new(p.as_str())),
+            )?)
+        };
+        // The spawner gets its own copy of the cgroup fd: a cancelled start may drop ours
+        // while the clone is still pending.
+        let cg_fd = match cgroup.as_ref().and_then(|c| c.clone_into_fd()) {
+            Some(fd) => Some(
+                fd.try_clone_to_owned()
+                    .map_err(|e| Error::host("duplicating the cgroup fd", e))?,
+            ),
+            None => None,
+        };
+        let placed_by_clone = cg_fd.is_some();
+        let Spawned { pid, pidfd } = spawn::spawn(self.plan.clone(), fds, child_side, cg_fd)
             .await
             .map_err(|e| Error::host("clone3 into new namespaces", e))?;
         set_nonblocking(&status_r)?;
@@ -355,7 +385,24 @@ impl SandboxRunner {
             exit: Mutex::new(None),
             detached: self.plan.detach,
             state_dir: state_guard.0.take(),
+            cgroup: Mutex::new(None),
+            watcher: Mutex::new(None),
+            counters: Mutex::new(None),
         };
+        if let Some(cg) = cgroup {
+            // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
+            // sync pipe, before it forks the plugin or runs anything of the profile's.
+            if !placed_by_clone {
+                cg.attach(pid)?;
+            }
+            if running.detached {
+                let paths = cg.hand_over(pid)?;
+                self.cgroup_paths = paths;
+            } else {
+                *running.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg.watch());
+                *running.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg);
+            }
+        }
         if running.detached {
             self.write_state(pid)?;
         }
@@ -413,11 +460,49 @@ struct Running {
     exit: Mutex<Option<ExitStatus>>,
     /// Started detached: dropping the runner leaves it running.
     detached: bool,
+    /// The sandbox's cgroup (not for a detached sandbox: it owns its cgroup itself).
+    cgroup: Mutex<Option<SandboxCgroup>>,
+    /// Watches the cgroup's event files while the plugin runs.
+    watcher: Mutex<Option<Watcher>>,
+    /// The cgroup counters at the end.
+    counters: Mutex<Option<Counters>>,
     /// Host-side state directory, removed once the sandbox has ended.
     state_dir: Option<std::path::PathBuf>,
 }
 
 impl Running {
+    /// Records the cgroup's final counters, then kills what is left and removes it.
+    fn finish_cgroup(&self) {
+        let Some(cg) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut c = cg.counters();
+        if let Some(w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            c.merge(&w.stop());
+        }
+        *self.counters.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+        let _ = cg.remove();
+    }
+
+    /// The cgroup counters: final once the plugin ended, else the latest.
+    fn counters(&self) -> Option<Counters> {
+        if let Some(c) = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(c);
+        }
+        let w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        w.as_ref().map(|w| w.latest())
+    }
+
     fn status(&self) -> Option<ExitStatus> {
         *self.exit.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -459,6 +544,11 @@ impl Running {
             }
         };
         *g = Some(s);
+        self.finish_cgroup();
+        if self.detached {
+            // A detached sandbox owns its cgroups through its init, which is gone now.
+            let _ = crate::cgroup::reclaim_stale();
+        }
         if let Some(d) = &self.state_dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -489,8 +579,17 @@ impl Running {
         self.signal(libc::SIGTERM)?;
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             // SIGKILL of the init: the kernel kills every process of the PID namespace and
-            // the init's exit completes only after they are all gone.
+            // the init's exit completes only after they are all gone. The cgroup kill also
+            // reaches a sandbox without a PID namespace.
             self.signal(libc::SIGKILL)?;
+            if let Some(cg) = self
+                .cgroup
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let _ = cg.kill_all();
+            }
             self.wait().await?;
         }
         Ok(())

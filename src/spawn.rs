@@ -67,10 +67,16 @@ pub enum Step {
     Capabilities = 21,
     /// `PR_SET_NO_NEW_PRIVS`.
     NoNewPrivs = 22,
+    /// Building and enforcing the Landlock ruleset (the failing rule's index).
+    Landlock = 23,
+    /// Setting the profile's resource limits (the failing resource).
+    Rlimits = 24,
+    /// Installing the seccomp filter.
+    Seccomp = 25,
 }
 
 impl Step {
-    const ALL: [Step; 22] = [
+    const ALL: [Step; 25] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -93,6 +99,9 @@ impl Step {
         Step::RootReadOnly,
         Step::Capabilities,
         Step::NoNewPrivs,
+        Step::Landlock,
+        Step::Rlimits,
+        Step::Seccomp,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -125,6 +134,9 @@ impl Step {
             Step::RootReadOnly => "make the root read-only",
             Step::Capabilities => "drop capabilities",
             Step::NoNewPrivs => "set no_new_privs",
+            Step::Landlock => "enforce the Landlock rules",
+            Step::Rlimits => "set resource limits",
+            Step::Seccomp => "install the seccomp filter",
         }
     }
 }
@@ -364,6 +376,9 @@ unsafe fn close_range(first: u32, last: u32) -> Result<(), Errno> {
     }
 }
 
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// The kernel's `struct clone_args` (Linux 5.7 layout, with `set_tid` and `cgroup`).
 #[repr(C)]
 #[derive(Default)]
@@ -393,14 +408,20 @@ pub(crate) struct Spawned {
 ///
 /// # Safety
 /// `fds` must describe open fds of this process; the child never returns.
-unsafe fn clone_init(plan: &Plan, fds: &ChildFds) -> Result<Spawned, Errno> {
+unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Result<Spawned, Errno> {
     let mut pidfd: c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: plan.clone_flags | libc::CLONE_PIDFD as u64,
         pidfd: (&mut pidfd as *mut c_int) as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    // cgroup v2: the child is born in the sandbox's cgroup (Linux 5.7+), so not one
+    // instruction of it runs outside its limits.
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
     let r = libc::syscall(
         libc::SYS_clone3,
         &args as *const CloneArgs,
@@ -416,7 +437,9 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds) -> Result<Spawned, Errno> {
         });
     }
     let err = Errno::last();
-    if err != Errno::ENOSYS {
+    if err != Errno::ENOSYS || cgroup.is_some() {
+        // Without clone3 there is no CLONE_INTO_CGROUP: refuse rather than start a child
+        // outside its cgroup.
         return Err(err);
     }
     // Kernels before 5.3 have no clone3: plain clone, then pidfd_open. Nothing else reaps
@@ -453,6 +476,7 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds) -> Result<Spawned, Errno> {
 struct Job {
     plan: Arc<Plan>,
     fds: ChildFds,
+    cgroup: Option<OwnedFd>,
     /// The child-side fds (named by number in `fds`), owned here so that they stay open,
     /// with their numbers, until the clone has happened; dropped right after it.
     child_side: Vec<OwnedFd>,
@@ -485,7 +509,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                 while let Ok(job) = rx.recv() {
                     // SAFETY: the plan and fds were prepared by `SandboxRunner::start` and
                     // stay alive until the reply is sent.
-                    let res = unsafe { clone_init(&job.plan, &job.fds) };
+                    let cg = job.cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+                    let res = unsafe { clone_init(&job.plan, &job.fds, cg) };
+                    drop(job.cgroup);
                     drop(job.child_side);
                     if let Err(Ok(orphan)) = job.reply.send(res) {
                         // The start was cancelled while we cloned: nobody will wait for this
@@ -514,6 +540,7 @@ pub(crate) async fn spawn(
     plan: Arc<Plan>,
     fds: ChildFds,
     child_side: Vec<OwnedFd>,
+    cgroup: Option<OwnedFd>,
 ) -> Result<Spawned, Errno> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     spawner()
@@ -522,6 +549,7 @@ pub(crate) async fn spawn(
         .send(Job {
             plan,
             fds,
+            cgroup,
             child_side,
             reply,
         })

@@ -356,6 +356,15 @@ fn sigkill_of_sandbox_run_kills_the_whole_sandbox_within_1s() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The host crashed: its sandbox's cgroups are stale now, and the next start (or
+    // `check --cleanup`) reclaims them.
+    let o = run(&["check", "--cleanup"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("removed stale cgroup"),
+        "{}",
+        stdout(&o)
+    );
     before.assert_unchanged();
 }
 

@@ -288,3 +288,37 @@ async fn dropping_a_running_sandbox_kills_it() {
     }
     before.assert_unchanged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_start_aborts_only_the_start_and_leaves_nothing() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    // Cancel the start at different points of its progress.
+    for us in [1u64, 200, 1_000, 3_000, 10_000] {
+        let mut r = sh("sleep 1000");
+        let res = tokio::time::timeout(std::time::Duration::from_micros(us), r.start()).await;
+        if res.is_ok() {
+            // It finished in time: a running sandbox, killed by the drop below.
+            assert!(r.init_pid().is_some());
+        }
+        drop(r);
+    }
+    // A sandbox that was running when another start was cancelled is unaffected.
+    let mut keep = sh("echo alive; exec sleep 1000");
+    keep.start().await.unwrap();
+    let mut r2 = sh("sleep 1000");
+    let _ = tokio::time::timeout(std::time::Duration::from_micros(100), r2.start()).await;
+    drop(r2);
+    let mut line = String::new();
+    BufReader::new(keep.stdout().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    assert_eq!(line, "alive\n");
+    keep.kill().await.unwrap();
+    drop(keep);
+    before.assert_unchanged();
+}

@@ -16,7 +16,9 @@ use sandbox_runner::{AddrTranslator, PipeReader};
 use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
-use sandbox_runner::profile::{AbsPath, EnvName, EnvValue, Hostname, MountSpec, StdinMode};
+use sandbox_runner::profile::{
+    parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, Size, StdinMode,
+};
 use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
 
 /// Run PROGRAM in a sandbox of new mount, PID, network, IPC and UTS namespaces.
@@ -59,6 +61,23 @@ struct Cli {
     #[arg(long = "tmpfs", value_name = "DST", action = ArgAction::Append)]
     tmpfs: Vec<String>,
 
+    /// Memory limit, like 64M (K, M, G binary suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| parse_size(s).map(Size))]
+    memory: Option<Size>,
+
+    /// Most processes and threads at once.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+
+    /// CPU bandwidth in CPUs, like 0.5.
+    #[arg(long, value_name = "FLOAT")]
+    cpus: Option<f64>,
+
+    /// Write the diagnosis (exit status, limits, cgroup counters, text) as JSON to PATH when
+    /// the program ends.
+    #[arg(long, value_name = "PATH")]
+    diagnose_json: Option<std::path::PathBuf>,
+
     /// Start detached: print the sandbox ID and exit, leaving the sandbox running (its
     /// stdout and stderr go to files in its state directory).
     #[arg(long)]
@@ -76,7 +95,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Report what this host supports and whether the default profile can run here.
-    Check,
+    Check {
+        /// Also reclaim what crashed hosts left behind: stale cgroups and sandbox state.
+        #[arg(long)]
+        cleanup: bool,
+    },
     /// List detached sandboxes.
     Ps,
     /// Stop a detached sandbox: SIGTERM, then after its grace period SIGKILL of everything.
@@ -156,7 +179,13 @@ fn main() -> ExitCode {
     cli.ro_bind.clear();
     cli.bind.clear();
     cli.tmpfs.clear();
-    if let Some(Sub::Check) = cli.sub {
+    if let Some(Sub::Check { cleanup }) = cli.sub {
+        if cleanup {
+            let code = self::cleanup();
+            if code != 0 {
+                return ExitCode::from(code);
+            }
+        }
         let report = sandbox_runner::check::Report::gather();
         // A closed stdout (`check | head`) is not an error worth a panic.
         let _ = write!(std::io::stdout(), "{report}");
@@ -199,6 +228,16 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
         }
     };
     profile.mount.extend(extra_mounts);
+    if let Some(m) = cli.memory {
+        profile.limits.memory = Some(m);
+    }
+    if let Some(n) = cli.pids {
+        profile.limits.pids = Some(n);
+    }
+    if let Some(c) = cli.cpus {
+        profile.limits.cpus = Some(c);
+    }
+    let diagnose_json = cli.diagnose_json.clone();
     for (k, v) in cli.env {
         profile.env.set.insert(k, v);
     }
@@ -292,8 +331,20 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
                         eprintln!("sandbox-run: {e}");
                     }
                 }
+                let d = runner.diagnosis();
+                if let Some(p) = &diagnose_json {
+                    let json = serde_json::to_vec_pretty(&d).unwrap_or_default();
+                    if let Err(e) = std::fs::write(p, json) {
+                        eprintln!("sandbox-run: writing {}: {e}", p.display());
+                    }
+                }
                 return match res {
-                    Ok(status) => status.code(),
+                    Ok(status) => {
+                        if !status.success() {
+                            eprintln!("sandbox-run: {}", d.text);
+                        }
+                        status.code()
+                    }
                     Err(e) => {
                         eprintln!("sandbox-run: {e}");
                         125
@@ -396,4 +447,37 @@ fn kill(id: &str) -> ExitCode {
             }
         }
     })
+}
+
+/// `sandbox-run check --cleanup`: reclaims stale cgroups and the state of dead detached
+/// sandboxes. Returns the exit code (0, or 1 when something could not be reclaimed).
+fn cleanup() -> u8 {
+    let mut code = 0;
+    match sandbox_runner::cgroup::reclaim_stale() {
+        Ok(paths) => {
+            for p in paths {
+                println!("cleanup: removed stale cgroup {}", p.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("sandbox-run: cleanup: {e}");
+            code = 1;
+        }
+    }
+    for (id, st) in sandbox_runner::state::SandboxState::list() {
+        let stale = match st {
+            Ok(s) => s.open_init().is_err(),
+            Err(_) => true,
+        };
+        if stale {
+            match sandbox_runner::state::remove_dir(&id) {
+                Ok(()) => println!("cleanup: removed the state of dead sandbox {id}"),
+                Err(e) => {
+                    eprintln!("sandbox-run: cleanup: {e}");
+                    code = 1;
+                }
+            }
+        }
+    }
+    code
 }

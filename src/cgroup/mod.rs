@@ -426,6 +426,17 @@ impl SandboxCgroup {
         }
     }
 
+    /// Hands the cgroup over to the detached sandbox whose init is `pid`: the owner record
+    /// names the init from now on (so [`reclaim_stale`] reclaims it once the sandbox is gone,
+    /// and never while it runs), and dropping this value no longer kills or removes it.
+    pub fn hand_over(mut self, pid: i32) -> Result<Vec<PathBuf>, CgroupError> {
+        if let Some(r) = &self.record {
+            owner::OwnerRecord::rewrite_owner(r, pid)?;
+        }
+        self.done = true;
+        Ok(self.paths())
+    }
+
     /// The owner record file (see [`reclaim_stale`]); `None` once removed.
     pub fn record_path(&self) -> Option<&Path> {
         self.record.as_deref()

@@ -41,6 +41,18 @@ pub(crate) struct OwnerRecord {
     pub paths: Vec<PathBuf>,
 }
 
+/// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s.get(i + 2..i + 3))
+                .map(|st| st == "Z")
+        })
+        .unwrap_or(false)
+}
+
 /// The directory of the owner records.
 pub fn records_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SANDBOX_RUNNER_RUN_DIR") {
@@ -99,6 +111,25 @@ impl OwnerRecord {
         }
     }
 
+    /// Rewrites the record at `path` (atomically) with `pid` as the owner: a detached
+    /// sandbox owns its own cgroup, through its init.
+    pub fn rewrite_owner(path: &Path, pid: i32) -> Result<(), CgroupError> {
+        let err = |cause: String| CgroupError::Record {
+            path: path.to_owned(),
+            cause,
+        };
+        let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut rec: OwnerRecord = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+        rec.owner_pid = pid;
+        rec.owner_start_time =
+            start_time(pid).ok_or_else(|| err(format!("process {pid} is gone")))?;
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(&rec).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| err(format!("cannot write: {e}")))
+    }
+
     /// Writes the record as `<dir>/<id>.json`, failing with [`CgroupError::Exists`] if one is
     /// there already.
     pub fn write_new(&self, dir: &Path) -> Result<PathBuf, CgroupError> {
@@ -133,7 +164,7 @@ impl OwnerRecord {
     }
 
     /// Whether the owner may still be alive: same boot, and a process with the recorded pid
-    /// and start time exists (a zombie counts as alive). A record from another pid namespace
+    /// and start time exists and has not exited (a zombie has). A record from another pid namespace
     /// cannot be judged and counts as alive.
     pub fn owner_alive(&self) -> bool {
         if self.boot_id != boot_id() {
@@ -142,7 +173,9 @@ impl OwnerRecord {
         if self.pid_ns != pid_ns() {
             return true;
         }
-        start_time(self.owner_pid) == Some(self.owner_start_time)
+        // A zombie has exited: what it owned is stale (its sandboxes died with it, or, for a
+        // detached sandbox's init, are the init's own leftovers).
+        start_time(self.owner_pid) == Some(self.owner_start_time) && !is_zombie(self.owner_pid)
     }
 
     /// Whether every path is a `.../sandbox-runner/<id>` directory on a cgroup filesystem (or
