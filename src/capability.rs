@@ -27,12 +27,57 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// Becomes `uid`/`gid` (no supplementary groups) keeping only the capabilities in `keep`.
+///
+/// For uid 0 this is [`drop_all_but`]. For another uid the bounding set is cut first (that
+/// needs `CAP_SETPCAP`), `PR_SET_KEEPCAPS` carries the kept capabilities across the uid
+/// change, and they are raised in the ambient set: for a non-root uid, `execve` keeps only
+/// ambient capabilities. The uid/gid changes are raw system calls: glibc's `setresuid`
+/// would try to signal the host's other threads, which do not exist in this child.
+///
+/// # Safety
+/// Child-side only; async-signal-safe.
+pub(crate) unsafe fn become_user(uid: u32, gid: u32, keep: u64, last_cap: u32) -> Result<(), Errno> {
+    if uid == 0 && gid == 0 {
+        return drop_all_but(keep, last_cap);
+    }
+    drop_bounding_and_ambient(keep, last_cap)?;
+    if keep != 0 {
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+    }
+    let ok = |r: libc::c_long| if r == -1 { Err(Errno::last()) } else { Ok(()) };
+    ok(libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()))?;
+    ok(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+    ok(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+    set_caps(keep, keep)?;
+    let mut cap = 0u32;
+    while cap < 64 {
+        if keep & (1u64 << cap) != 0 {
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap as libc::c_ulong,
+                0,
+                0,
+            ))?;
+        }
+        cap += 1;
+    }
+    Ok(())
+}
+
 /// Drops every capability not in the bit mask `keep` from the bounding, ambient, effective,
 /// permitted and inheritable sets.
 ///
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn drop_all_but(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    drop_bounding_and_ambient(keep, last_cap)?;
+    set_caps(keep, 0)
+}
+
+/// Cuts the bounding set to `keep` and clears the ambient set.
+unsafe fn drop_bounding_and_ambient(keep: u64, last_cap: u32) -> Result<(), Errno> {
     let mut cap = 0u32;
     while cap <= last_cap && cap < 64 {
         if keep & (1u64 << cap) == 0 {
@@ -60,22 +105,25 @@ pub(crate) unsafe fn drop_all_but(keep: u64, last_cap: u32) -> Result<(), Errno>
             return Err(e);
         }
     }
+    Ok(())
+}
+
+/// `capset`: effective = permitted = `keep`, inheritable = `inheritable`.
+unsafe fn set_caps(keep: u64, inheritable: u64) -> Result<(), Errno> {
     let hdr = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let lo = keep as u32;
-    let hi = (keep >> 32) as u32;
     let data = [
         CapData {
-            effective: lo,
-            permitted: lo,
-            inheritable: 0,
+            effective: keep as u32,
+            permitted: keep as u32,
+            inheritable: inheritable as u32,
         },
         CapData {
-            effective: hi,
-            permitted: hi,
-            inheritable: 0,
+            effective: (keep >> 32) as u32,
+            permitted: (keep >> 32) as u32,
+            inheritable: (inheritable >> 32) as u32,
         },
     ];
     let r = libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr());

@@ -139,7 +139,9 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
     if let Err((res, err)) = crate::rlimit::apply(&plan.rlimits) {
         fail_at(e, Step::Rlimits, res, err)
     }
-    if let Err(err) = crate::capability::drop_all_but(plan.keep_caps, plan.last_cap) {
+    if let Err(err) =
+        crate::capability::become_user(plan.uid, plan.gid, plan.keep_caps, plan.last_cap)
+    {
         fail(e, Step::Capabilities, err)
     }
     if let Err(err) = crate::capability::no_new_privs() {

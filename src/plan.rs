@@ -48,6 +48,9 @@ pub struct Plan {
     root_labels: Vec<String>,
     /// Capabilities the plugin keeps, as a bit mask over capability numbers.
     pub(crate) keep_caps: u64,
+    /// The uid and gid the plugin runs as.
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// The highest capability number this kernel knows (`cap_last_cap`).
     pub(crate) last_cap: u32,
     /// The seccomp BPF programs, installed in order just before `execve`.
@@ -228,6 +231,8 @@ impl Plan {
             root_ops: root.ops,
             root_labels: root.labels,
             keep_caps,
+            uid: profile.user.uid,
+            gid: profile.user.gid,
             last_cap,
             seccomp,
             rlimits,

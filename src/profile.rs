@@ -63,6 +63,9 @@ pub struct Profile {
     /// What the private root holds, in order.
     #[serde(default)]
     pub mount: Vec<MountSpec>,
+    /// The user the plugin runs as (default root inside the sandbox, with no capabilities).
+    #[serde(default)]
+    pub user: UserConfig,
     /// cgroup limits on memory, processes and CPU.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -210,8 +213,23 @@ impl Default for Profile {
             landlock: crate::landlock::LandlockConfig::default(),
             sockets: SocketsConfig::default(),
             limits: LimitsConfig::default(),
+            user: UserConfig::default(),
         }
     }
+}
+
+/// The uid and gid of the plugin (no supplementary groups). Default 0/0: root inside the
+/// sandbox with no capabilities; a non-root uid such as 65534 (`nobody`) also loses what
+/// root owns by uid (files under `/proc`, root-owned files of binds).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The uid.
+    #[serde(default)]
+    pub uid: u32,
+    /// The gid.
+    #[serde(default)]
+    pub gid: u32,
 }
 
 /// Resource limits, enforced with cgroups (v2, or v1 on legacy and hybrid hosts). A limit

@@ -242,6 +242,12 @@ impl SandboxRunner {
         if self.plan.detach {
             sd.set_cleanup_on_drop(false);
         }
+        let user = self.profile.user;
+        if !host_owned && (user.uid != 0 || user.gid != 0) {
+            // A non-root plugin must be able to create its socket there.
+            std::os::unix::fs::chown(sd.host_dir(), Some(user.uid), Some(user.gid))
+                .map_err(|e| Error::host(format!("chown {}", sd.host_dir().display()), e))?;
+        }
         Ok(sd.with_host_network(!self.profile.namespaces.net))
     }
 

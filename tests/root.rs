@@ -230,3 +230,54 @@ fn the_init_cannot_be_ptraced_or_read() {
     let o = run(&["--", "sh", "-c", "head -c 16 /proc/1/mem >/dev/null 2>&1; echo mem=$?; cat /proc/1/environ >/dev/null 2>&1; echo env=$?"]);
     assert_eq!(stdout(&o), "mem=1\nenv=1\n", "{}", stderr(&o));
 }
+
+#[test]
+fn plugin_runs_as_the_profiles_uid_and_gid() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("user.toml");
+    std::fs::write(
+        &p,
+        "extends = \"default\"\n[user]\nuid = 65534\ngid = 65534\n",
+    )
+    .unwrap();
+    let before = HostState::take();
+    let o = run(&[
+        "--profile",
+        p.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; grep -E '^(Groups|CapEff|CapPrm|CapBnd|CapAmb)' /proc/self/status; \
+         touch /tmp/mine && echo tmp-ok; python3 -c 'import socket; socket.socket().bind((\"127.0.0.1\", 80))' 2>/dev/null || echo port80-refused",
+    ]);
+    before.assert_unchanged();
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("65534\n65534\nGroups:\t \n"),
+        "{out}{}",
+        stderr(&o)
+    );
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert!(out.contains(&format!("{set}:\t0000000000000000")), "{out}");
+    }
+    assert!(out.contains("tmp-ok\nport80-refused\n"), "{out}");
+    // A kept capability survives the uid change (ambient set) and works.
+    std::fs::write(
+        &p,
+        "extends = \"default\"\nkeep_capabilities = [\"CAP_NET_BIND_SERVICE\"]\n[user]\nuid = 65534\ngid = 65534\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "--profile",
+        p.to_str().unwrap(),
+        "--",
+        "python3",
+        "-c",
+        "import os, socket; socket.socket().bind(('127.0.0.1', 80)); print(os.getuid(), 'bound')",
+    ]);
+    assert_eq!(stdout(&o), "65534 bound\n", "{}", stderr(&o));
+}
