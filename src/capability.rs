@@ -37,7 +37,12 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 ///
 /// # Safety
 /// Child-side only; async-signal-safe.
-pub(crate) unsafe fn become_user(uid: u32, gid: u32, keep: u64, last_cap: u32) -> Result<(), Errno> {
+pub(crate) unsafe fn become_user(
+    uid: u32,
+    gid: u32,
+    keep: u64,
+    last_cap: u32,
+) -> Result<(), Errno> {
     if uid == 0 && gid == 0 {
         return drop_all_but(keep, last_cap);
     }
@@ -46,7 +51,11 @@ pub(crate) unsafe fn become_user(uid: u32, gid: u32, keep: u64, last_cap: u32) -
         check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
     }
     let ok = |r: libc::c_long| if r == -1 { Err(Errno::last()) } else { Ok(()) };
-    ok(libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()))?;
+    ok(libc::syscall(
+        libc::SYS_setgroups,
+        0usize,
+        std::ptr::null::<libc::gid_t>(),
+    ))?;
     ok(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
     ok(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
     set_caps(keep, keep)?;

@@ -520,6 +520,8 @@ struct UsernsReport {
     unprivileged_userns_clone: Result<String, String>,
     max_user_namespaces: Result<String, String>,
     apparmor_restrict: Result<String, String>,
+    /// Whether this process can create a user namespace (`clone3(CLONE_NEWUSER)`).
+    create: Result<(), Errno>,
 }
 
 impl UsernsReport {
@@ -529,6 +531,7 @@ impl UsernsReport {
             unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
             max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
             apparmor_restrict: read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+            create: crate::spawn::probe_clone(libc::CLONE_NEWUSER as u64),
         }
     }
 
@@ -570,6 +573,9 @@ pub struct Report {
     clone3: Result<(), Errno>,
     close_range: Result<(), Errno>,
     userns: UsernsReport,
+    /// Not root: whether the default profile's cgroup limits can be set up (rootless mode
+    /// needs a delegated, writable cgroup for them).
+    rootless_limits: Option<Result<(), String>>,
 }
 
 impl Report {
@@ -601,7 +607,12 @@ impl Report {
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
             namespaces,
-            default_ns: crate::spawn::probe_clone(DEFAULT_NS_FLAGS as u64),
+            // Not root: profiles run rootless (`rootless = "auto"`), in a user namespace too.
+            default_ns: crate::spawn::probe_clone(if nix::unistd::geteuid().is_root() {
+                DEFAULT_NS_FLAGS as u64
+            } else {
+                (DEFAULT_NS_FLAGS | libc::CLONE_NEWUSER) as u64
+            }),
             cgroups: CgroupReport::gather(),
             seccomp_mode: probe_seccomp(),
             seccomp_actions: read_text("/proc/sys/kernel/seccomp/actions_avail")
@@ -616,7 +627,38 @@ impl Report {
             clone3: crate::spawn::probe_clone(0),
             close_range: probe_close_range(),
             userns: UsernsReport::gather(),
+            rootless_limits: (!nix::unistd::geteuid().is_root()).then(|| {
+                let limits = crate::profile::Profile::builtin("default")
+                    .map(|p| p.limits)
+                    .unwrap_or_default();
+                let parent = limits.cgroup_parent.as_ref().map(|p| Path::new(p.as_str()));
+                crate::cgroup::can_create(&limits.to_limits(), parent).map_err(|e| {
+                    let euid = nix::unistd::geteuid().as_raw();
+                    crate::cgroup::CgroupError::Rootless {
+                        uid: euid,
+                        controllers: limits.to_limits().controllers().join(", "),
+                        cause: Box::new(e),
+                    }
+                    .to_string()
+                })
+            }),
         }
+    }
+
+    /// Not root: the reasons the `rootless` profile (no cgroup limits) cannot run here; empty
+    /// when it can. `None` for root.
+    pub fn rootless_problems(&self) -> Option<Vec<String>> {
+        if self.euid == 0 {
+            return None;
+        }
+        let mut problems = self.base_problems();
+        if let Err(e) = self.userns.create {
+            problems.push(format!(
+                "this process cannot create a user namespace ({e}): {}",
+                self.userns.conclusion()
+            ));
+        }
+        Some(problems)
     }
 
     /// Whether the default profile can run on this host.
@@ -625,10 +667,23 @@ impl Report {
     }
 
     /// Human reasons why the default profile cannot run on this host; empty when it can.
+    /// Not root, that is rootless mode, whose cgroup limits need a delegated cgroup.
     pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.base_problems();
+        if let Some(Err(e)) = &self.rootless_limits {
+            problems.push(e.clone());
+        }
+        problems
+    }
+
+    fn base_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = self.default_ns {
             let hint = match e {
+                Errno::EPERM if self.euid != 0 => {
+                    "not root, so rootless mode needs an unprivileged user namespace: see \
+                     \"unprivileged user namespaces\" below"
+                }
                 Errno::EPERM => {
                     "run as root or give the process CAP_SYS_ADMIN (check seccomp/AppArmor \
                      policies of a container runtime too)"
@@ -936,7 +991,32 @@ impl Report {
                 Err(e) => writeln!(f, "  {name}: unavailable ({e})")?,
             }
         }
-        writeln!(f, "  conclusion: {}", self.userns.conclusion())
+        writeln!(f, "  conclusion: {}", self.userns.conclusion())?;
+        match self.userns.create {
+            Ok(()) => writeln!(f, "  this process can create one: yes")?,
+            Err(e) => writeln!(f, "  this process can create one: no ({e})")?,
+        }
+        if let Some(p) = self.rootless_problems() {
+            writeln!(
+                f,
+                "rootless mode: on (euid {} is not root; root inside the sandbox is this user)",
+                self.euid
+            )?;
+            if p.is_empty() {
+                writeln!(f, "  profile rootless (no cgroup limits): OK")?;
+            } else {
+                writeln!(f, "  profile rootless: CANNOT RUN: {}", p.join("; "))?;
+            }
+            match &self.rootless_limits {
+                Some(Ok(())) => writeln!(
+                    f,
+                    "  cgroup limits of the default profile: a writable delegated cgroup is there"
+                )?,
+                Some(Err(e)) => writeln!(f, "  cgroup limits of the default profile: {e}")?,
+                None => {}
+            }
+        }
+        Ok(())
     }
 }
 

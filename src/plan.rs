@@ -40,6 +40,9 @@ pub(crate) struct CStrings {
 pub struct Plan {
     pub(crate) clone_flags: u64,
     pub(crate) ns: Namespaces,
+    /// Rootless mode: the sandbox has its own user namespace, where root is the caller
+    /// (the parent writes the single-line uid/gid maps before it lets the child go on).
+    pub(crate) userns: bool,
     pub(crate) new_session: bool,
     pub(crate) c: CStrings,
     pub(crate) private_root: bool,
@@ -161,7 +164,24 @@ impl Plan {
         let envp_ptrs = null_terminated(&envp);
 
         let ns = profile.namespaces;
+        let userns = profile
+            .rootless
+            .enabled_for(nix::unistd::geteuid().as_raw());
+        if userns && (profile.user.uid != 0 || profile.user.gid != 0) {
+            return Err(Error::Profile(crate::error::ProfileError::Invalid {
+                origin: "profile [user]".into(),
+                message: format!(
+                    "rootless mode maps only root inside the sandbox (to the caller outside), \
+                     so uid {} / gid {} do not exist there: set [user] uid = 0 and gid = 0, \
+                     or run as root with `rootless = \"never\"`",
+                    profile.user.uid, profile.user.gid
+                ),
+            }));
+        }
         let mut clone_flags = 0u64;
+        if userns {
+            clone_flags |= libc::CLONE_NEWUSER as u64;
+        }
         for (on, flag) in [
             (ns.mount, libc::CLONE_NEWNS),
             (ns.pid, libc::CLONE_NEWPID),
@@ -182,12 +202,15 @@ impl Plan {
         };
         let seccomp =
             crate::seccomp::compile(&profile.seccomp).map_err(|m| invalid("[seccomp]", m))?;
-        let can_raise = caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_SYS_RESOURCE,
-        )
-        .unwrap_or(false);
+        // In a user namespace CAP_SYS_RESOURCE is the namespace's own, which cannot raise a
+        // limit above the caller's hard limit: rootless limits can only be lowered.
+        let can_raise = !userns
+            && caps::has_cap(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_SYS_RESOURCE,
+            )
+            .unwrap_or(false);
         let rlimits =
             crate::rlimit::RlimitPlan::new(&profile.rlimits, crate::rlimit::nr_open(), can_raise)
                 .map_err(|m| invalid("[rlimits]", m))?;
@@ -214,6 +237,7 @@ impl Plan {
         Ok(Plan {
             clone_flags,
             ns,
+            userns,
             new_session: profile.new_session,
             c: CStrings {
                 root: c"/".into(),
@@ -245,6 +269,11 @@ impl Plan {
             program_path,
             env,
         })
+    }
+
+    /// Whether the sandbox runs in its own user namespace (rootless mode).
+    pub fn rootless(&self) -> bool {
+        self.userns
     }
 
     /// The profile's `pass_fds`, sorted.

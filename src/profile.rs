@@ -18,6 +18,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "go-plugin",
         include_str!("../sandbox-profiles/go-plugin.toml"),
     ),
+    (
+        "rootless",
+        include_str!("../sandbox-profiles/rootless.toml"),
+    ),
 ];
 
 /// A sandbox profile. Every key is optional; a missing key takes the safe default shown in
@@ -89,6 +93,34 @@ pub struct Profile {
     /// The Landlock layer over the private root's mounts.
     #[serde(default)]
     pub landlock: crate::landlock::LandlockConfig,
+    /// Whether the sandbox gets its own user namespace, with root inside mapped to the
+    /// caller (`"auto"`: when the caller is not root; `"always"`; `"never"`).
+    #[serde(default)]
+    pub rootless: RootlessMode,
+}
+
+/// When a sandbox runs in its own user namespace (rootless mode).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RootlessMode {
+    /// A user namespace when the effective uid is not 0.
+    #[default]
+    Auto,
+    /// Always a user namespace, even for root.
+    Always,
+    /// Never: a caller that is not root then fails to create the namespaces.
+    Never,
+}
+
+impl RootlessMode {
+    /// Whether a caller with effective uid `euid` runs the sandbox in a user namespace.
+    pub fn enabled_for(self, euid: u32) -> bool {
+        match self {
+            RootlessMode::Auto => euid != 0,
+            RootlessMode::Always => true,
+            RootlessMode::Never => false,
+        }
+    }
 }
 
 /// One entry of a private root, written `[[mount]]` with a `type`.
@@ -214,6 +246,7 @@ impl Default for Profile {
             sockets: SocketsConfig::default(),
             limits: LimitsConfig::default(),
             user: UserConfig::default(),
+            rootless: RootlessMode::default(),
         }
     }
 }
@@ -801,6 +834,18 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_rootless_is_the_default_without_limits() {
+        let mut d = Profile::builtin("default").unwrap();
+        let r = Profile::builtin("rootless").unwrap();
+        assert!(r.limits.is_empty());
+        assert_eq!(r.rootless, RootlessMode::Auto);
+        d.limits = LimitsConfig::default();
+        assert_eq!(d, r, "rootless.toml drifted from default.toml");
+        assert!(RootlessMode::Auto.enabled_for(1000) && !RootlessMode::Auto.enabled_for(0));
+        assert!(RootlessMode::Always.enabled_for(0) && !RootlessMode::Never.enabled_for(1000));
+    }
 
     #[test]
     fn builtin_default_parses() {

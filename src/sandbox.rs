@@ -361,11 +361,29 @@ impl SandboxRunner {
             None
         } else {
             let parent = self.profile.limits.cgroup_parent.as_ref();
-            Some(SandboxCgroup::create(
+            let limits = self.profile.limits.to_limits();
+            let created = SandboxCgroup::create(
                 &self.id,
-                &self.profile.limits.to_limits(),
+                &limits,
                 parent.map(|p| std::path::Path::new(p.as_str())),
-            )?)
+            );
+            let euid = nix::unistd::geteuid().as_raw();
+            match created {
+                Ok(cg) => Some(cg),
+                // An unprivileged caller: say that it is rootless mode, what is missing and
+                // the ways out, never run without the limits.
+                Err(e)
+                    if euid != 0 && !matches!(e, crate::cgroup::CgroupError::InvalidLimit(_)) =>
+                {
+                    return Err(crate::cgroup::CgroupError::Rootless {
+                        uid: euid,
+                        controllers: limits.controllers().join(", "),
+                        cause: Box::new(e),
+                    }
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         // The spawner gets its own copy of the cgroup fd: a cancelled start may drop ours
         // while the clone is still pending.
@@ -408,6 +426,11 @@ impl SandboxRunner {
                 *running.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg.watch());
                 *running.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg);
             }
+        }
+        if self.plan.rootless() {
+            // The child waits on the sync pipe: map root inside to the caller before it
+            // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
+            write_id_maps(pid)?;
         }
         if running.detached {
             self.write_state(pid)?;
@@ -833,6 +856,24 @@ fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {
     let n = fd.as_raw_fd();
     list.push(fd);
     n
+}
+
+/// Rootless mode: the single-line uid and gid maps of the sandbox's user namespace (root
+/// inside = the caller's effective uid/gid outside), `setgroups` denied first as the kernel
+/// requires of an unprivileged writer of `gid_map`.
+fn write_id_maps(pid: i32) -> Result<(), Error> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    for (file, text) in [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("0 {uid} 1\n")),
+        ("gid_map", format!("0 {gid} 1\n")),
+    ] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, text.as_bytes())
+            .map_err(|e| Error::host(format!("rootless mode: writing {text:?} to {path}"), e))?;
+    }
+    Ok(())
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {

@@ -281,8 +281,12 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         }
     }
     // Nothing in the sandbox may ptrace the init or read its memory (a copy of the host's).
-    if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
-        fail(e, Step::Dumpable, err)
+    // Rootless: not before the wait below, because a non-dumpable process's /proc files
+    // belong to (global) root, and the unprivileged host could not write our uid_map.
+    if !plan.userns {
+        if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
+            fail(e, Step::Dumpable, err)
+        }
     }
     libc::close(fds.sync_w);
     if let Err(err) = connect_stdio(fds) {
@@ -291,7 +295,8 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     if let Err(err) = close_all_but(fds.init_keep()) {
         fail(e, Step::CloseFds, err)
     }
-    // Wait for the host: it may still have to place us (cgroups) before anything runs.
+    // Wait for the host: it may still have to place us (cgroups) and, rootless, write our
+    // uid/gid maps before anything runs.
     let mut go = 0u8;
     loop {
         let n = libc::read(fds.sync_r, (&mut go as *mut u8).cast(), 1);
@@ -308,6 +313,13 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         }
     }
     libc::close(fds.sync_r);
+    // Rootless: the host has written our uid/gid maps (root here is the caller outside);
+    // nothing of the sandbox has run yet, so this is as early as it needs to be.
+    if plan.userns {
+        if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
+            fail(e, Step::Dumpable, err)
+        }
+    }
     if plan.new_session {
         if let Err(err) = check(libc::setsid()) {
             fail(e, Step::Setsid, err)

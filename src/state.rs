@@ -1,7 +1,8 @@
 //! Sandbox state on disk, for detached sandboxes and reattach.
 //!
 //! Each sandbox that needs host-side files gets `<state root>/<id>/` (0700; default root
-//! `/run/sandbox-runner`, or `$SANDBOX_RUNNER_STATE_DIR`). A detached sandbox records its
+//! `/run/sandbox-runner` for root, `$XDG_RUNTIME_DIR/sandbox-runner` for another user, or
+//! `$SANDBOX_RUNNER_STATE_DIR`). A detached sandbox records its
 //! identity in `state.json` there: the init's pid **and its start time**, so a reattach never
 //! acts on a pid that was reused by an unrelated process (go-plugin's reattach had that bug).
 //! Identity is verified after a pidfd pins the pid; every later action goes through the pidfd.
@@ -16,11 +17,31 @@ use crate::error::Error;
 /// The default directory holding one sub-directory per sandbox.
 pub const DEFAULT_STATE_ROOT: &str = "/run/sandbox-runner";
 
-/// The state root: `$SANDBOX_RUNNER_STATE_DIR` or [`DEFAULT_STATE_ROOT`].
+/// The state root: `$SANDBOX_RUNNER_STATE_DIR`; else [`DEFAULT_STATE_ROOT`] for root, and
+/// `$XDG_RUNTIME_DIR/sandbox-runner` for any other user (see [`try_state_root`] for the
+/// error when that is unset; here it falls back to a path that cannot be created).
 pub fn state_root() -> PathBuf {
-    std::env::var_os("SANDBOX_RUNNER_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT))
+    try_state_root().unwrap_or_else(|_| PathBuf::from(DEFAULT_STATE_ROOT))
+}
+
+/// The state root, or a clear error for a user who is not root and has neither
+/// `$SANDBOX_RUNNER_STATE_DIR` nor `$XDG_RUNTIME_DIR`.
+pub fn try_state_root() -> Result<PathBuf, Error> {
+    if let Some(d) = std::env::var_os("SANDBOX_RUNNER_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return Ok(PathBuf::from(DEFAULT_STATE_ROOT));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => Ok(PathBuf::from(d).join("sandbox-runner")),
+        None => Err(Error::InvalidCommand(format!(
+            "no state directory for uid {euid}: {DEFAULT_STATE_ROOT} is root's, and \
+             XDG_RUNTIME_DIR is not set; set XDG_RUNTIME_DIR (a directory of yours, e.g. \
+             /run/user/{euid}) or SANDBOX_RUNNER_STATE_DIR"
+        ))),
+    }
 }
 
 /// True for IDs this crate makes (`sbx-` and 24 lowercase hex digits): anything else is
@@ -68,7 +89,7 @@ pub fn dir_of(id: &str) -> PathBuf {
 /// Creates the state directory of `id` (0700; 0710 with group `gid` when one is given, so
 /// the group can reach a socket directory inside).
 pub fn create_dir(id: &str, gid: Option<u32>) -> Result<PathBuf, Error> {
-    let root = state_root();
+    let root = try_state_root()?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o711)

@@ -83,6 +83,11 @@ struct Cli {
     #[arg(long)]
     detach: bool,
 
+    /// Run in a user namespace (root inside = you outside) even as root; the profile's
+    /// `rootless = "auto"` already does when not root.
+    #[arg(long)]
+    rootless: bool,
+
     /// The program's stdin: null or inherit (default: the profile's).
     #[arg(long, value_name = "MODE", value_parser = ["null", "inherit"])]
     stdin: Option<String>,
@@ -259,6 +264,9 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     if cli.detach {
         profile.detach = true;
         profile.stdin = StdinMode::Null;
+    }
+    if cli.rootless {
+        profile.rootless = sandbox_runner::profile::RootlessMode::Always;
     }
     let (program, args) = cli.command.split_first().expect("checked non-empty");
     let runner = match SandboxRunner::new(profile, program, args.to_vec()) {

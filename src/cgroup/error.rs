@@ -154,6 +154,25 @@ pub enum CgroupError {
         /// What went wrong.
         cause: String,
     },
+    /// Rootless mode: the profile asks for limits, but this user has no delegated cgroup
+    /// subtree it can write for them. Nothing was started.
+    #[error(
+        "rootless mode (uid {uid}): the profile asks for cgroup limits ({controllers}) but this \
+         user cannot set them up: {cause}. An unprivileged user can only use a cgroup subtree \
+         delegated to it, and sandbox-run never runs without limits a profile asked for. Fix \
+         one of: run as root; run inside a delegated cgroup (systemd `Delegate=yes`, e.g. \
+         `systemd-run --user --scope -p Delegate=yes -- sandbox-run ...`) or name a cgroup this \
+         user owns, with the controllers enabled, in `[limits] cgroup_parent`; or run without \
+         limits: `--profile rootless`, or a profile without [limits]"
+    )]
+    Rootless {
+        /// The caller's effective uid.
+        uid: u32,
+        /// The controllers the limits need, comma-separated.
+        controllers: String,
+        /// What failed, naming the controller or directory.
+        cause: Box<CgroupError>,
+    },
 }
 
 /// A hint for common errnos of mkdir/write into cgroupfs.

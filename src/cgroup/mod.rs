@@ -451,6 +451,40 @@ impl Drop for SandboxCgroup {
     }
 }
 
+/// Checks, creating nothing, whether this process could create a sandbox cgroup for
+/// `limits` (for `sandbox-run check`, e.g. in rootless mode): detection and delegation as
+/// [`SandboxCgroup::create`] does them, then write access to the directory the sandbox's
+/// directory would be made in (`sandbox-runner`, or its parent while it does not exist).
+pub fn can_create(limits: &Limits, parent: Option<&Path>) -> Result<(), CgroupError> {
+    limits.validate()?;
+    let detection = Detection::detect()?;
+    let leaves = match detection.plan("sbx-check", &limits.controllers(), parent)? {
+        detect::Plan::V1(dirs) => dirs.into_iter().map(|d| d.leaf).collect(),
+        detect::Plan::V2 { leaf, .. } => vec![leaf],
+    };
+    for leaf in leaves {
+        let Some(container) = leaf.parent() else {
+            continue;
+        };
+        let dir = if container.exists() {
+            container
+        } else {
+            container.parent().unwrap_or(container)
+        };
+        nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
+            CgroupError::Create {
+                path: dir.join(if dir == container {
+                    "sbx-..."
+                } else {
+                    CONTAINER
+                }),
+                cause: std::io::Error::from_raw_os_error(e as i32),
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Reclaims the sandbox cgroups left by crashed hosts: every owner record in
 /// [`records_dir`] whose owner process is dead (its pid no longer exists, or exists with
 /// another start time, i.e. a reused pid, or the record is from an earlier boot) has its
