@@ -168,9 +168,11 @@ impl LandlockPlan {
                 OpKind::Devpts => (read | write) & !exec,
                 OpKind::Proc => AccessFs::ReadFile | AccessFs::ReadDir,
                 // Read-only masks inside /proc, which its own rule already covers.
-                OpKind::Mkdir | OpKind::Touch | OpKind::Symlink | OpKind::BindIfExists { .. } => {
-                    continue
-                }
+                OpKind::Mkdir
+                | OpKind::Touch
+                | OpKind::Symlink
+                | OpKind::ReadOnly
+                | OpKind::BindIfExists { .. } => continue,
             };
             let path = PathBuf::from(std::ffi::OsStr::new(
                 std::str::from_utf8(op.dst.as_bytes())

@@ -67,6 +67,8 @@ pub(crate) enum OpKind {
     },
     /// `symlink(src, dst)`.
     Symlink,
+    /// Make the mount at `dst` (only that one, not below) read-only.
+    ReadOnly,
 }
 
 /// One step of assembling the private root, fully prepared in the parent.
@@ -316,7 +318,7 @@ impl RootBuilder {
                     },
                     Path::new("tmpfs"),
                     &shm,
-                    "mode=1777",
+                    "mode=1777,size=64M",
                     0,
                 )?;
                 if *pts {
@@ -345,7 +347,9 @@ impl RootBuilder {
                 ] {
                     self.push(OpKind::Symlink, Path::new(target), &d.join(name), "", 0)?;
                 }
-                Ok(())
+                // Nothing more is created in /dev: its own tmpfs becomes read-only (the
+                // nodes, shm and pts below keep their own flags).
+                self.push(OpKind::ReadOnly, Path::new(""), &d, "", 0)
             }
             MountSpec::Dir { dst, mode } => {
                 let label = format!("dir {}", dst.as_str());
@@ -520,6 +524,7 @@ unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
             }
             set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
         }
+        OpKind::ReadOnly => set_attr(op.dst.as_ptr(), 0, MOUNT_ATTR_RDONLY),
         OpKind::Tmpfs { flags } => check(libc::mount(
             op.src.as_ptr(),
             op.dst.as_ptr(),

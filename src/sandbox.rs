@@ -58,6 +58,10 @@ pub struct SandboxRunner {
     socket_host: Option<(std::path::PathBuf, bool)>,
     /// cgroup directories handed over to a detached sandbox (for its state file).
     cgroup_paths: Vec<std::path::PathBuf>,
+    /// Tasks copying the plugin's output into the caller's regular files.
+    relays: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The task feeding a regular file to the plugin's stdin.
+    stdin_relay: Option<tokio::task::JoinHandle<()>>,
     /// The translator over the socket directory, once started.
     sockets: Option<SocketDir>,
 }
@@ -119,6 +123,8 @@ impl SandboxRunner {
             socket_host,
             sockets: None,
             cgroup_paths: Vec::new(),
+            relays: Mutex::new(Vec::new()),
+            stdin_relay: None,
         })
     }
 
@@ -280,12 +286,15 @@ impl SandboxRunner {
 
     async fn start_inner(&mut self) -> Result<(), Error> {
         for &fd in self.plan.pass_fds() {
-            // SAFETY: F_GETFD only reads the fd's flags.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-                return Err(Error::host(
-                    format!("pass_fds: fd {fd} is not open in the caller"),
-                    std::io::Error::last_os_error(),
-                ));
+            match fd_kind(fd) {
+                Err(e) => {
+                    return Err(Error::host(
+                        format!("pass_fds: fd {fd} is not open in the caller"),
+                        e,
+                    ))
+                }
+                Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("pass_fds", fd)),
+                Ok(_) => {}
             }
         }
         let (err_r, err_w) = pipe()?;
@@ -307,9 +316,27 @@ impl SandboxRunner {
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let mut stdin_fd = -1;
         let mut input: Option<PipeWriter> = None;
+        let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut stdin_relay: Option<tokio::task::JoinHandle<()>> = None;
         match &self.stdin {
             Stdio::File(p) => stdin_fd = keep(&mut child_side, open_file(p, libc::O_RDONLY)?),
-            Stdio::Inherit => {}
+            Stdio::Inherit => match fd_kind(0) {
+                Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("stdin", 0)),
+                // A regular file is relayed through a pipe: handed over as is, the plugin
+                // could reopen it through /proc/self/fd/0 for writing.
+                Ok(FdKind::File) => {
+                    let (r, w) = pipe()?;
+                    stdin_fd = keep(&mut child_side, r);
+                    let src = std::fs::File::from(dup_above2(0)?);
+                    let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                        .map_err(|e| Error::host("stdin relay pipe", e))?;
+                    stdin_relay = Some(tokio::spawn(async move {
+                        let mut src = tokio::fs::File::from_std(src);
+                        let _ = tokio::io::copy(&mut src, &mut tx).await;
+                    }));
+                }
+                _ => {}
+            },
             Stdio::Null => stdin_fd = keep(&mut child_side, dev_null(libc::O_RDONLY)?),
             Stdio::Pipe => {
                 let (r, w) = pipe()?;
@@ -322,7 +349,26 @@ impl SandboxRunner {
         }
         let mut output = |s: Stdio, fd: RawFd| -> Result<(RawFd, Option<PipeReader>), Error> {
             Ok(match s {
-                Stdio::Inherit => (keep(&mut child_side, dup_above2(fd)?), None),
+                Stdio::Inherit => match fd_kind(fd) {
+                    Ok(FdKind::Dir) | Ok(FdKind::Path) => {
+                        return Err(refuse_fd(if fd == 1 { "stdout" } else { "stderr" }, fd))
+                    }
+                    // Relayed through a pipe, so the plugin cannot reopen the caller's file
+                    // through /proc/self/fd with more rights (read it back, truncate it).
+                    Ok(FdKind::File) => {
+                        let (r, w) = pipe()?;
+                        let dst = std::fs::File::from(dup_above2(fd)?);
+                        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                            .map_err(|e| Error::host("output relay pipe", e))?;
+                        relays.push(tokio::spawn(async move {
+                            let mut dst = tokio::fs::File::from_std(dst);
+                            let _ = tokio::io::copy(&mut rx, &mut dst).await;
+                            let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
+                        }));
+                        (keep(&mut child_side, w), None)
+                    }
+                    _ => (keep(&mut child_side, dup_above2(fd)?), None),
+                },
                 Stdio::Null => (keep(&mut child_side, dev_null(libc::O_WRONLY)?), None),
                 Stdio::File(p) => {
                     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
@@ -470,6 +516,8 @@ impl SandboxRunner {
             ));
         }
         self.input = input;
+        *self.relays.lock().unwrap_or_else(|p| p.into_inner()) = relays;
+        self.stdin_relay = stdin_relay;
         if self.stdout == Stdio::Pipe {
             self.out = out;
         }
@@ -719,7 +767,13 @@ impl AttachedRunner for SandboxRunner {
             .running
             .as_ref()
             .ok_or(Error::State("the sandbox is not started"))?;
-        r.wait().await
+        let status = r.wait().await?;
+        // Every byte the plugin wrote reaches the caller's files before wait returns.
+        let relays = std::mem::take(&mut *self.relays.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in relays {
+            let _ = t.await;
+        }
+        Ok(status)
     }
 
     async fn kill(&self) -> Result<(), Error> {
@@ -816,6 +870,45 @@ fn dev_null(flags: libc::c_int) -> Result<OwnedFd, Error> {
     }
     // SAFETY: n is a fresh fd.
     above2(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// What kind of open file one of the caller's fds is, to decide how to hand it over.
+enum FdKind {
+    /// A pipe, socket, terminal or other character device: handed over as is.
+    Stream,
+    /// A regular file or block device: relayed through a pipe.
+    File,
+    /// A directory: refused (a way out of the private root through /proc/self/fd).
+    Dir,
+    /// An `O_PATH` fd: refused for the same reason.
+    Path,
+}
+
+fn fd_kind(fd: RawFd) -> std::io::Result<FdKind> {
+    // SAFETY: F_GETFL and fstat only read the fd's state.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if fl & libc::O_PATH != 0 {
+        return Ok(FdKind::Path);
+    }
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => FdKind::Dir,
+        libc::S_IFREG | libc::S_IFBLK => FdKind::File,
+        _ => FdKind::Stream,
+    })
+}
+
+fn refuse_fd(what: &str, fd: RawFd) -> Error {
+    Error::InvalidCommand(format!(
+        "{what} (fd {fd}) is a directory or an O_PATH handle: through /proc/self/fd it would \
+         lead the plugin out of its private root; give it a file, a pipe or /dev/null"
+    ))
 }
 
 /// Removes a directory on drop unless disarmed (taken).
