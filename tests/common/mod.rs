@@ -43,7 +43,15 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// The state before a case. What an earlier, crashed run left is reclaimed by the next
+    /// sandbox start; that happens here first, so it cannot show up as a difference inside
+    /// this case. (The state after is taken without it: a leak of the case must show.)
     pub fn take() -> HostState {
+        let _ = sandbox_runner::cgroup::reclaim_stale();
+        Self::snapshot()
+    }
+
+    fn snapshot() -> HostState {
         HostState {
             mounts: std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
             cgroups: own_cgroup_dirs(),
@@ -56,7 +64,7 @@ impl HostState {
     pub fn assert_unchanged(&self) {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let now = HostState::take();
+            let now = HostState::snapshot();
             if now == *self {
                 return;
             }
