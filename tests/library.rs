@@ -322,3 +322,59 @@ async fn cancelling_start_aborts_only_the_start_and_leaves_nothing() {
     drop(keep);
     before.assert_unchanged();
 }
+
+/// Resident set size of this process, in bytes.
+fn rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_both_pipes_while_the_host_reads_slowly_loses_nothing() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    const MIB: u64 = 64;
+    let before = HostState::take();
+    let rss0 = rss();
+    let mut r = sh(&format!(
+        "head -c {MIB}M /dev/zero | tr '\\0' o & head -c {MIB}M /dev/zero | tr '\\0' e >&2; wait"
+    ));
+    r.start().await.unwrap();
+    let (o, e) = (r.stdout().unwrap(), r.stderr().unwrap());
+    // Count and check every byte without keeping them: host memory stays bounded by the
+    // pipes' capacity, whatever the plugin writes.
+    async fn drain(mut rd: sandbox_runner::PipeReader, want: u8, slow: bool) -> (u64, bool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut n, mut ok) = (0u64, true);
+        loop {
+            let k = rd.read(&mut buf).await.unwrap();
+            if k == 0 {
+                return (n, ok);
+            }
+            ok &= buf[..k].iter().all(|b| *b == want);
+            n += k as u64;
+            if slow {
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        }
+    }
+    let ((on, ook), (en, eok)) = tokio::join!(drain(o, b'o', true), drain(e, b'e', false));
+    assert_eq!((on, en), (MIB << 20, MIB << 20), "bytes lost");
+    assert!(ook && eok, "stdout and stderr mixed or corrupted");
+    assert!(r.wait().await.unwrap().success());
+    let grown = rss().saturating_sub(rss0);
+    assert!(
+        grown < 32 << 20,
+        "host memory grew by {grown} bytes for 2 x {MIB} MiB of output"
+    );
+    drop(r);
+    before.assert_unchanged();
+}
