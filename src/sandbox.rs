@@ -431,19 +431,34 @@ impl SandboxRunner {
                 Err(e) => return Err(e.into()),
             }
         };
-        // The spawner gets its own copy of the cgroup fd: a cancelled start may drop ours
-        // while the clone is still pending.
-        let cg_fd = match cgroup.as_ref().and_then(|c| c.clone_into_fd()) {
-            Some(fd) => Some(
-                fd.try_clone_to_owned()
-                    .map_err(|e| Error::host("duplicating the cgroup fd", e))?,
-            ),
+        // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
+        // v1 by moving the spawner thread for the clone), else attached by pid below.
+        let placement = match cgroup.as_ref() {
+            Some(cg) => cg.placement()?,
             None => None,
         };
-        let placed_by_clone = cg_fd.is_some();
-        let Spawned { pid, pidfd } = spawn::spawn(self.plan.clone(), fds, child_side, cg_fd)
+        let placed_by_clone = placement.is_some();
+        // Nothing left to do between the clone and the child's first step (placed at birth,
+        // no uid maps to write, no state to record): the spawner lets it go at once.
+        let release =
+            (placed_by_clone || cgroup.is_none()) && !self.plan.rootless() && !self.plan.detach;
+        let Spawned {
+            pid,
+            pidfd,
+            released,
+        } = spawn::spawn(self.plan.clone(), fds, child_side, placement, release)
             .await
-            .map_err(|e| Error::host("clone3 into new namespaces", e))?;
+            .map_err(|e| match e {
+                spawn::SpawnError::Clone(errno) => {
+                    Error::host("clone3 into new namespaces", std::io::Error::from(errno))
+                }
+                spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Attach {
+                    pid: 0,
+                    path,
+                    cause: std::io::Error::from(errno),
+                }
+                .into(),
+            })?;
         set_nonblocking(&status_r)?;
         // From here on, dropping `running` (an error, or a cancelled start) kills and reaps.
         let running = Running {
@@ -482,14 +497,18 @@ impl SandboxRunner {
             self.write_state(pid)?;
         }
         // Let the child go on, then learn whether it reached execve.
-        write_all(&sync_w, &[1])?;
-        drop(sync_w);
+        if !released {
+            write_all(&sync_w, &[1])?;
+        }
+        // The write end stays open until the child has exec'd: the child takes a hang-up
+        // for a host that died before its death signal was armed (see spawn::child_main).
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
             .map_err(|e| Error::host("error pipe", e))?;
         let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
         rx.read_to_end(&mut rec)
             .await
             .map_err(|e| Error::host("reading the error pipe", e))?;
+        drop(sync_w);
         if rec.len() >= STEP_ERROR_LEN {
             // SAFETY: StepError is plain old data of exactly STEP_ERROR_LEN bytes.
             let se: StepError = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };

@@ -312,6 +312,19 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
             fail(e, Step::WaitParent, err)
         }
     }
+    // The death signal was armed before the wait, but a host that died before the prctl
+    // sent none: it would have closed the write end, which the host holds open until this
+    // init has exec'd the plugin. A hang-up now means it is gone.
+    if !plan.detach {
+        let mut pfd = libc::pollfd {
+            fd: fds.sync_r,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLHUP != 0 {
+            libc::_exit(125);
+        }
+    }
     libc::close(fds.sync_r);
     // Rootless: the host has written our uid/gid maps (root here is the caller outside);
     // nothing of the sandbox has run yet, so this is as early as it needs to be.
@@ -414,6 +427,8 @@ pub(crate) struct Spawned {
     pub pid: i32,
     /// A pidfd of the init, `CLOEXEC`.
     pub pidfd: OwnedFd,
+    /// The spawner has let the child go already (see `spawn`'s `release`).
+    pub released: bool,
 }
 
 /// Clones the init with `plan`'s namespace flags. Called on the spawner thread only.
@@ -446,6 +461,7 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Resu
         return Ok(Spawned {
             pid: r as i32,
             pidfd: OwnedFd::from_raw_fd(pidfd),
+            released: false,
         });
     }
     let err = Errno::last();
@@ -475,7 +491,11 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Resu
         rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid"),
         rustix::process::PidfdFlags::empty(),
     ) {
-        Ok(fd) => Ok(Spawned { pid, pidfd: fd }),
+        Ok(fd) => Ok(Spawned {
+            pid,
+            pidfd: fd,
+            released: false,
+        }),
         Err(e) => {
             libc::kill(pid, libc::SIGKILL);
             let mut st = 0;
@@ -485,14 +505,94 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Resu
     }
 }
 
+/// Where the spawner makes a sandbox's init be born.
+pub(crate) enum Placement {
+    /// cgroup v2: `clone3(CLONE_INTO_CGROUP)` with this directory fd.
+    IntoCgroup(OwnedFd),
+    /// cgroup v1: the spawner thread moves itself into the sandbox's cgroups, clones (the
+    /// child inherits the thread's cgroups), and moves back.
+    MoveThread(crate::cgroup::v1::ThreadMove),
+}
+
+/// Why [`spawn`] failed.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// `clone3` (or `clone`) failed.
+    Clone(Errno),
+    /// Moving the spawner thread through the `tasks` file `path` failed.
+    Move {
+        /// The `tasks` file.
+        path: std::path::PathBuf,
+        /// The error.
+        errno: Errno,
+    },
+}
+
+/// Moves the calling thread alone into the cgroup of each `tasks` file (writing `0`).
+fn move_thread(files: &[(OwnedFd, std::path::PathBuf)]) -> Result<(), SpawnError> {
+    for (fd, path) in files {
+        if let Err(e) = rustix::io::write(fd, b"0") {
+            return Err(SpawnError::Move {
+                path: path.clone(),
+                errno: Errno::from_raw(e.raw_os_error()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Clones on the spawner thread, placed as `placement` says.
+fn clone_placed(
+    plan: &Plan,
+    fds: &ChildFds,
+    placement: Option<&Placement>,
+) -> Result<Spawned, SpawnError> {
+    match placement {
+        None => unsafe { clone_init(plan, fds, None) }.map_err(SpawnError::Clone),
+        Some(Placement::IntoCgroup(fd)) => {
+            use std::os::fd::AsRawFd;
+            unsafe { clone_init(plan, fds, Some(fd.as_raw_fd())) }.map_err(SpawnError::Clone)
+        }
+        Some(Placement::MoveThread(mv)) => {
+            if let Err(e) = move_thread(&mv.into) {
+                let _ = move_thread(&mv.back);
+                return Err(e);
+            }
+            // SAFETY: as for clone_init's callers: the plan and fds are alive.
+            let res = unsafe { clone_init(plan, fds, None) };
+            if let Err(e) = move_thread(&mv.back) {
+                // This thread stays in the sandbox's cgroup (the next clone moves it on); do
+                // not leave a sandbox that was set up in an unknown state.
+                if let Ok(orphan) = &res {
+                    kill_and_reap(orphan);
+                }
+                return Err(e);
+            }
+            res.map_err(SpawnError::Clone)
+        }
+    }
+}
+
+/// Kills and reaps a just-cloned init that nobody will wait for.
+fn kill_and_reap(orphan: &Spawned) {
+    let _ = rustix::process::pidfd_send_signal(&orphan.pidfd, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&orphan.pidfd)),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+}
+
 struct Job {
     plan: Arc<Plan>,
     fds: ChildFds,
-    cgroup: Option<OwnedFd>,
+    placement: Option<Placement>,
+    /// Let the child go (write the sync byte) right after the clone: nothing is left for the
+    /// host to do before it runs.
+    release: bool,
     /// The child-side fds (named by number in `fds`), owned here so that they stay open,
     /// with their numbers, until the clone has happened; dropped right after it.
     child_side: Vec<OwnedFd>,
-    reply: tokio::sync::oneshot::Sender<Result<Spawned, Errno>>,
+    reply: tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
 }
 
 /// Clones every sandbox from one dedicated thread that lives as long as the process.
@@ -521,21 +621,20 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                 while let Ok(job) = rx.recv() {
                     // SAFETY: the plan and fds were prepared by `SandboxRunner::start` and
                     // stay alive until the reply is sent.
-                    let cg = job.cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-                    let res = unsafe { clone_init(&job.plan, &job.fds, cg) };
-                    drop(job.cgroup);
+                    let mut res = clone_placed(&job.plan, &job.fds, job.placement.as_ref());
+                    if let (true, Ok(spawned)) = (job.release, res.as_mut()) {
+                        // The caller holds the write end open until the start is over; if
+                        // this write fails, the child waits for the caller's byte instead.
+                        // SAFETY: writes one byte from a live buffer to an open fd.
+                        let n = unsafe { libc::write(job.fds.sync_w, [1u8].as_ptr().cast(), 1) };
+                        spawned.released = n == 1;
+                    }
+                    drop(job.placement);
                     drop(job.child_side);
                     if let Err(Ok(orphan)) = job.reply.send(res) {
                         // The start was cancelled while we cloned: nobody will wait for this
                         // init, so kill and reap it here.
-                        let _ = rustix::process::pidfd_send_signal(
-                            &orphan.pidfd,
-                            rustix::process::Signal::KILL,
-                        );
-                        let _ = rustix::process::waitid(
-                            rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&orphan.pidfd)),
-                            rustix::process::WaitIdOptions::EXITED,
-                        );
+                        kill_and_reap(&orphan);
                     }
                 }
             })
@@ -552,8 +651,9 @@ pub(crate) async fn spawn(
     plan: Arc<Plan>,
     fds: ChildFds,
     child_side: Vec<OwnedFd>,
-    cgroup: Option<OwnedFd>,
-) -> Result<Spawned, Errno> {
+    placement: Option<Placement>,
+    release: bool,
+) -> Result<Spawned, SpawnError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
@@ -561,13 +661,14 @@ pub(crate) async fn spawn(
         .send(Job {
             plan,
             fds,
-            cgroup,
+            placement,
+            release,
             child_side,
             reply,
         })
-        .map_err(|_| Errno::ECHILD)?;
+        .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
     // The spawner always replies; a lost reply means the thread is gone.
-    rx.await.map_err(|_| Errno::ECHILD)?
+    rx.await.map_err(|_| SpawnError::Clone(Errno::ECHILD))?
 }
 
 /// Tries a clone with `flags` and reports whether the kernel allows it (for `check`).

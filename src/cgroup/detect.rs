@@ -79,6 +79,9 @@ pub(crate) struct V1Dir {
     pub container: PathBuf,
     /// `<base>/sandbox-runner/<id>`.
     pub leaf: PathBuf,
+    /// This process's own cgroup directory in the hierarchy, when it is visible: where the
+    /// spawner thread returns after it has cloned a sandbox from inside `leaf`.
+    pub home: Option<PathBuf>,
 }
 
 impl V1Dir {
@@ -384,11 +387,13 @@ impl Detection {
                 root: m.root.clone(),
             })?;
             let container = base.join(CONTAINER);
+            let home = self.own_path(m).and_then(|p| own_cgroup_dir(m, p));
             dirs.push(V1Dir {
                 controllers: m.controllers.clone(),
                 mount_root: PathBuf::from(&m.root),
                 leaf: container.join(id),
                 container,
+                home,
             });
         }
         if dirs.is_empty() {

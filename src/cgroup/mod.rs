@@ -18,9 +18,11 @@
 //!
 //! # Order of use by the runner
 //! 1. [`SandboxCgroup::create`] before the clone (it also reclaims stale sandboxes).
-//! 2. v2: pass [`SandboxCgroup::clone_into_fd`] to `clone3(CLONE_INTO_CGROUP)`; v1 (or when
-//!    clone3 cannot place it): [`SandboxCgroup::attach`] the child's pid while it waits on the
-//!    sync pipe, then release it.
+//! 2. v2: pass [`SandboxCgroup::clone_into_fd`] to `clone3(CLONE_INTO_CGROUP)`; v1: the
+//!    spawner thread writes `0` to each leaf's `tasks` (moving itself alone, which is cheap;
+//!    `cgroup.procs` waits out an RCU grace period), clones, and moves back. Where neither
+//!    can place it: [`SandboxCgroup::attach`] the child's pid while it waits on the sync
+//!    pipe, then release it.
 //! 3. [`SandboxCgroup::watch`] while the plugin runs.
 //! 4. At the end: [`Watcher::stop`] (or [`SandboxCgroup::counters`]),
 //!    [`SandboxCgroup::kill_all`], [`SandboxCgroup::remove`]. Dropping a [`SandboxCgroup`]
@@ -43,7 +45,7 @@ mod error;
 mod owner;
 mod stats;
 mod util;
-mod v1;
+pub(crate) mod v1;
 mod v2;
 mod watch;
 
@@ -327,6 +329,29 @@ impl SandboxCgroup {
         }
     }
 
+    /// How the spawner places the child in this cgroup at its birth, or `None` when it must
+    /// be [`attach`](Self::attach)ed by pid after the clone: v2 `CLONE_INTO_CGROUP` with a
+    /// duplicate of [`clone_into_fd`](Self::clone_into_fd) (the spawner's own copy: a
+    /// cancelled start may drop ours while the clone is pending), v1 by moving the spawner
+    /// thread itself in for the clone and back after it (see `v1::ThreadMove`).
+    pub(crate) fn placement(&self) -> Result<Option<crate::spawn::Placement>, CgroupError> {
+        use crate::spawn::Placement;
+        match &self.inner {
+            Inner::V2(c) => match c.fd.as_ref() {
+                Some(fd) => fd
+                    .try_clone()
+                    .map(|fd| Some(Placement::IntoCgroup(fd)))
+                    .map_err(|cause| CgroupError::Attach {
+                        pid: 0,
+                        path: c.leaf.clone(),
+                        cause,
+                    }),
+                None => Ok(None),
+            },
+            Inner::V1(c) => Ok(c.thread_move_files()?.map(Placement::MoveThread)),
+        }
+    }
+
     /// Moves process `pid` (all its threads) into the sandbox cgroup in every hierarchy (v1;
     /// v2 when `clone3` could not place it). Call it while the child waits, before it runs
     /// plugin code.
@@ -394,12 +419,20 @@ impl SandboxCgroup {
     }
 
     fn remove_inner(&mut self) -> Result<(), CgroupError> {
-        if !self.procs().is_empty() {
-            self.kill_all()?;
-        }
-        match &mut self.inner {
-            Inner::V1(c) => c.remove()?,
-            Inner::V2(c) => c.remove()?,
+        // The usual end: every process has exited and the leaves are empty, so removing them
+        // at once works. Otherwise (a leaf is busy): kill what is left, then remove.
+        let removed = match &mut self.inner {
+            Inner::V1(c) => c.try_remove_empty(),
+            Inner::V2(c) => c.try_remove_empty(),
+        };
+        if !removed {
+            if !self.procs().is_empty() {
+                self.kill_all()?;
+            }
+            match &mut self.inner {
+                Inner::V1(c) => c.remove()?,
+                Inner::V2(c) => c.remove()?,
+            }
         }
         if let Some(r) = self.record.take() {
             owner::remove_record(&r);

@@ -13,9 +13,11 @@
 //! A cgroup directory without a record is never touched: it may belong to a runner in another
 //! mount namespace.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -41,17 +43,20 @@ pub(crate) struct OwnerRecord {
     pub paths: Vec<PathBuf>,
 }
 
-/// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`).
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s.get(i + 2..i + 3))
-                .map(|st| st == "Z")
-        })
-        .unwrap_or(false)
+/// Whether a `/proc/PID/stat` line says zombie (state `Z`).
+fn stat_is_zombie(stat: &str) -> bool {
+    stat.rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .is_some_and(|st| st == "Z")
 }
+
+/// The records already read by this process, by path, with the version of the file they were
+/// read from: a record is written once (a detached sandbox's is replaced by a rename), so each
+/// scan reads only records it has not seen or that changed, not every record every time.
+static PARSED: Mutex<Option<HashMap<PathBuf, (FileVersion, OwnerRecord)>>> = Mutex::new(None);
+
+/// Inode, size, mtime seconds and nanoseconds of a record file.
+type FileVersion = (u64, u64, i64, i64);
 
 /// The directory of the owner records.
 pub fn records_dir() -> PathBuf {
@@ -84,28 +89,52 @@ pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+/// This boot's id, read once: it cannot change while the process lives.
+fn boot_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
 }
 
+/// The inode of this process's pid namespace, read once: a process never changes its own
+/// pid namespace (`setns` only moves its later children).
 fn pid_ns() -> u64 {
-    std::fs::metadata("/proc/self/ns/pid")
-        .map(|m| m.ino())
-        .unwrap_or(0)
+    static NS: OnceLock<u64> = OnceLock::new();
+    *NS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid")
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    })
+}
+
+/// This process's pid and start time. Cached per pid, so a forked child reads its own.
+fn self_key() -> (i32, u64) {
+    static SELF: Mutex<Option<(i32, u64)>> = Mutex::new(None);
+    let pid = std::process::id() as i32;
+    let mut cached = SELF.lock().unwrap_or_else(|p| p.into_inner());
+    match *cached {
+        Some((p, t)) if p == pid => (p, t),
+        _ => {
+            let key = (pid, start_time(pid).unwrap_or(0));
+            *cached = Some(key);
+            key
+        }
+    }
 }
 
 impl OwnerRecord {
     /// A record owned by this process.
     pub fn for_self(id: &str, version: u8, paths: Vec<PathBuf>) -> OwnerRecord {
-        let pid = std::process::id() as i32;
+        let (pid, start) = self_key();
         OwnerRecord {
             id: id.to_owned(),
             owner_pid: pid,
-            owner_start_time: start_time(pid).unwrap_or(0),
+            owner_start_time: start,
             pid_ns: pid_ns(),
-            boot_id: boot_id(),
+            boot_id: boot_id().to_owned(),
             version,
             paths,
         }
@@ -166,16 +195,33 @@ impl OwnerRecord {
     /// Whether the owner may still be alive: same boot, and a process with the recorded pid
     /// and start time exists and has not exited (a zombie has). A record from another pid namespace
     /// cannot be judged and counts as alive.
+    #[cfg(test)]
     pub fn owner_alive(&self) -> bool {
+        self.owner_alive_in(&mut HashMap::new())
+    }
+
+    /// [`owner_alive`](Self::owner_alive), with the answers for owners already looked at in
+    /// this scan in `seen` (many records share one owner).
+    fn owner_alive_in(&self, seen: &mut HashMap<(i32, u64), bool>) -> bool {
         if self.boot_id != boot_id() {
             return false;
         }
         if self.pid_ns != pid_ns() {
             return true;
         }
+        let key = (self.owner_pid, self.owner_start_time);
+        if key == self_key() {
+            return true;
+        }
         // A zombie has exited: what it owned is stale (its sandboxes died with it, or, for a
         // detached sandbox's init, are the init's own leftovers).
-        start_time(self.owner_pid) == Some(self.owner_start_time) && !is_zombie(self.owner_pid)
+        *seen.entry(key).or_insert_with(|| {
+            std::fs::read_to_string(format!("/proc/{}/stat", key.0))
+                .ok()
+                .is_some_and(|stat| {
+                    parse_start_time(&stat) == Some(key.1) && !stat_is_zombie(&stat)
+                })
+        })
     }
 
     /// Whether every path is a `.../sandbox-runner/<id>` directory on a cgroup filesystem (or
@@ -231,14 +277,34 @@ pub(crate) fn reclaim_in(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     };
     let mut reclaimed = Vec::new();
     let mut first_err = None;
+    let mut seen = HashMap::new();
+    let mut parsed_guard = PARSED.lock().unwrap_or_else(|p| p.into_inner());
+    let parsed = parsed_guard.get_or_insert_with(HashMap::new);
+    let mut present = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let rec: OwnerRecord = match serde_json::from_str(&text) {
-            Ok(r) => r,
+        // The file's identity and version: inode, size and modification time (a record
+        // edited in place gets a new mtime or size).
+        let ino = entry
+            .metadata()
+            .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+            .unwrap_or((entry.ino(), 0, 0, 0));
+        present.push(path.clone());
+        let cached = parsed
+            .get(&path)
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, r)| r.clone());
+        let rec: OwnerRecord = match cached.map(Ok).unwrap_or_else(|| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            serde_json::from_str::<OwnerRecord>(&text)
+        }) {
+            Ok(r) => {
+                parsed.insert(path.clone(), (ino, r.clone()));
+                r
+            }
             Err(_) => {
                 // A record is written before any directory is made: an unparsable one older
                 // than a minute is a crash mid-write with nothing to reclaim.
@@ -254,7 +320,7 @@ pub(crate) fn reclaim_in(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
                 continue;
             }
         };
-        if rec.owner_alive() {
+        if rec.owner_alive_in(&mut seen) {
             continue;
         }
         if !rec.paths_plausible() {
@@ -275,6 +341,9 @@ pub(crate) fn reclaim_in(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
             }
         }
     }
+    // Forget the records of this directory that are gone.
+    let present: std::collections::HashSet<PathBuf> = present.into_iter().collect();
+    parsed.retain(|p, _| p.parent() != Some(dir) || present.contains(p));
     match first_err {
         Some(e) if reclaimed.is_empty() => Err(e),
         _ => Ok(reclaimed),

@@ -75,13 +75,19 @@ fn child_cgroups(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes the cgroup `dir` and any child cgroups (deepest first), retrying EBUSY for up to
-/// [`RMDIR_RETRY`]. A directory that is already gone is success.
+/// [`RMDIR_RETRY`]. A directory that is already gone is success. The common case, an empty
+/// leaf, is one `rmdir`; the directory is listed only when that fails.
 pub(crate) fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     for child in child_cgroups(dir) {
         rmdir_retry(&child)?;
     }
     let start = Instant::now();
-    let mut delay = Duration::from_millis(5);
+    let mut delay = Duration::from_micros(500);
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
@@ -100,22 +106,24 @@ pub(crate) fn rmdir_retry(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
-/// Removes the shared `sandbox-runner` directory if it is now empty; another sandbox using it
-/// (EBUSY/ENOTEMPTY) or a concurrent removal (ENOENT) is fine.
+/// Removes the shared `sandbox-runner` directory if it is now unused: the kernel refuses to
+/// remove a cgroup with children (EBUSY) or tasks, so another sandbox using it, or a
+/// concurrent removal (ENOENT), is fine.
 pub(crate) fn rmdir_if_unused(dir: &Path) {
-    if child_cgroups(dir).is_empty() {
-        let _ = std::fs::remove_dir(dir);
-    }
+    let _ = std::fs::remove_dir(dir);
 }
 
-/// The pids listed in `dir/cgroup.procs` (0, a process outside this pid namespace, is left
-/// out). Empty when the file is gone.
+/// The pids listed in `dir/cgroup.procs`. Left out: 0 (a process outside this pid
+/// namespace) and this process itself, which v1 lists while its spawner thread passes
+/// through a sandbox's cgroup to clone into it; a sandbox's cgroup never holds the host, and
+/// a kill must never reach it. Empty when the file is gone.
 pub(crate) fn procs(dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .map(|t| {
             t.split_whitespace()
                 .filter_map(|w| w.parse().ok())
-                .filter(|&p: &i32| p > 0)
+                .filter(|&p: &i32| p > 0 && p != me)
                 .collect()
         })
         .unwrap_or_default()

@@ -18,6 +18,16 @@ use super::stats::{cpu_quota_usec, weight_to_shares, CounterSource, CPU_PERIOD_U
 use super::util::{self, rs_err};
 use super::{CgroupError, Limits};
 
+/// Open `tasks` files (with their paths) to move the spawner thread into a sandbox's v1
+/// cgroups before the clone (`into`) and back to its own after it (`back`).
+#[derive(Debug, Default)]
+pub(crate) struct ThreadMove {
+    /// The leaves' `tasks` files.
+    pub into: Vec<(std::os::fd::OwnedFd, PathBuf)>,
+    /// This process's own cgroups' `tasks` files.
+    pub back: Vec<(std::os::fd::OwnedFd, PathBuf)>,
+}
+
 /// A sandbox's cgroup in the v1 hierarchies that its limits need.
 #[derive(Debug)]
 pub(crate) struct V1Cgroup {
@@ -110,6 +120,38 @@ impl V1Cgroup {
         Ok(())
     }
 
+    /// The `tasks` files for placing a child by moving the cloning thread: the leaves'
+    /// (`into`) and this process's own cgroups' (`back`), opened for writing, with their
+    /// paths. `None` when an own cgroup is not visible (then [`attach`](Self::attach)).
+    ///
+    /// Writing `0` to a v1 `tasks` file moves the writing thread alone, which the kernel does
+    /// without taking the global threadgroup lock for writing; moving a process through
+    /// `cgroup.procs` takes it and waits out an RCU grace period (about 9 ms on an idle host),
+    /// the largest single cost of a start on cgroup v1.
+    pub fn thread_move_files(&self) -> Result<Option<ThreadMove>, CgroupError> {
+        let open = |dir: &Path| -> Result<(std::os::fd::OwnedFd, PathBuf), CgroupError> {
+            let path = dir.join("tasks");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map(|f| (std::os::fd::OwnedFd::from(f), path.clone()))
+                .map_err(|cause| CgroupError::Attach {
+                    pid: 0,
+                    path,
+                    cause,
+                })
+        };
+        let mut mv = ThreadMove::default();
+        for d in &self.dirs {
+            let Some(home) = &d.home else {
+                return Ok(None);
+            };
+            mv.into.push(open(&d.leaf)?);
+            mv.back.push(open(home)?);
+        }
+        Ok(Some(mv))
+    }
+
     /// Where the counters are read from.
     pub fn counter_source(&self) -> CounterSource {
         CounterSource {
@@ -129,6 +171,19 @@ impl V1Cgroup {
     /// Kills every process: see [`kill_dirs`].
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         kill_dirs(&self.leaves())
+    }
+
+    /// Removes every leaf with one `rmdir` each (then the shared parents when unused);
+    /// `false` as soon as one cannot be removed (busy: processes or child cgroups left).
+    pub fn try_remove_empty(&self) -> bool {
+        for d in &self.dirs {
+            match std::fs::remove_dir(&d.leaf) {
+                Ok(()) => util::rmdir_if_unused(&d.container),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Removes the leaves (and the shared parents when unused).

@@ -267,6 +267,25 @@ impl V2Cgroup {
         self.fd = None;
         remove_dir(&self.leaf)
     }
+
+    /// Removes the leaf with one `rmdir` (then the shared parent when unused); `false` when
+    /// it is busy (processes or child cgroups left).
+    pub fn try_remove_empty(&mut self) -> bool {
+        match std::fs::remove_dir(&self.leaf) {
+            Ok(()) => {
+                self.fd = None;
+                if let Some(parent) = self.leaf.parent() {
+                    util::rmdir_if_unused(parent);
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.fd = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Kills every process in the v2 cgroup `leaf` and its descendants: `cgroup.kill` (5.14+),

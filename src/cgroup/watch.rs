@@ -67,7 +67,8 @@ impl Watcher {
         oom_control: Option<PathBuf>,
     ) -> Watcher {
         let shared = Arc::new(Shared {
-            latest: Mutex::new(source.read()),
+            // The first reading is the thread's, off the caller's path.
+            latest: Mutex::new(Counters::default()),
             running: AtomicBool::new(true),
         });
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -121,7 +122,8 @@ impl Watcher {
         self.shared.running.load(Ordering::SeqCst)
     }
 
-    /// Stops the watch (after one last reading) and returns the latest counters.
+    /// Stops the watch and returns the latest counters it read (for a final value, read the
+    /// files too, as [`super::SandboxCgroup::counters`] does).
     pub fn stop(mut self) -> Counters {
         self.halt();
         self.latest()
@@ -173,6 +175,7 @@ fn run(
             any
         });
     let oom = oom_control.and_then(|d| v1_oom_eventfd(d));
+    shared.update(&source.read());
     loop {
         let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         if let Some(i) = &inotify {
@@ -194,8 +197,12 @@ fn run(
                 let _ = efd.read();
             }
         }
+        // Told to stop: the caller reads the final counters itself.
+        if stopped {
+            return;
+        }
         shared.update(&source.read());
-        if stopped || !alive.exists() {
+        if !alive.exists() {
             return;
         }
     }
