@@ -721,10 +721,7 @@ impl Profile {
         let (text, origin, sub) =
             if spec.contains('/') || spec.ends_with(".toml") {
                 let path = dir.join(spec);
-                let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text = read_profile_file(&path)?;
                 let sub = path.parent().unwrap_or(Path::new(".")).to_path_buf();
                 (text, path.display().to_string(), sub)
             } else {
@@ -761,10 +758,7 @@ impl Profile {
 
     /// Loads a profile file.
     pub fn from_path(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_profile_file(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::from_toml_in(&text, &path.display().to_string(), dir, 0)
     }
@@ -789,6 +783,47 @@ impl Profile {
             Self::builtin(spec)
         }
     }
+}
+
+/// The largest profile file read (far above any real profile).
+const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
+/// Reads a profile file: a regular file of at most [`MAX_PROFILE_BYTES`], in UTF-8. Opened
+/// non-blocking, so a FIFO named by mistake is refused instead of waiting for a writer, and a
+/// device such as `/dev/zero` is refused instead of filling memory.
+fn read_profile_file(path: &Path) -> Result<String, ProfileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source: std::io::Error| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let invalid = |what: String| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".to_owned()));
+    }
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(invalid(format!(
+            "{} bytes, more than the {MAX_PROFILE_BYTES} a profile may have",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_PROFILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    if text.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(invalid(format!(
+            "more than the {MAX_PROFILE_BYTES} bytes a profile may have"
+        )));
+    }
+    Ok(text)
 }
 
 fn builtin_names() -> String {
@@ -882,6 +917,31 @@ mod tests {
         let p = Profile::from_toml_str("[namespaces]\nnet = false\n", "p").unwrap();
         assert!(!p.namespaces.net);
         assert!(p.namespaces.pid && p.namespaces.ipc && p.namespaces.uts && p.namespaces.mount);
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        for (spec, why) in [
+            ("/dev/zero", "not a regular file"),
+            ("/dev/null", "not a regular file"),
+            ("/", "not a regular file"),
+        ] {
+            let e = Profile::load(spec).unwrap_err().to_string();
+            assert!(e.contains(spec) && e.contains(why), "{spec}: {e}");
+            let e = Profile::from_toml_str(&format!("extends = {spec:?}"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(spec) && e.contains(why), "extends {spec}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("p.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = Profile::from_path(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat((MAX_PROFILE_BYTES + 1) as usize)).unwrap();
+        let e = Profile::from_path(&big).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
     }
 
     #[test]
