@@ -14,6 +14,10 @@
 //! 5. `bwrap`: `bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc /bin/true`, only
 //!    when `bwrap` is on `PATH` (skipped otherwise).
 //!
+//! 6. `sandbox-run CLI, baseline build`: another `sandbox-run` binary named by
+//!    `SANDBOX_RUN_BASELINE` (e.g. an older commit's build, for a before/after comparison run
+//!    side by side; `benches/start.sh` builds one from `BASELINE_REV`).
+//!
 //! Every child's stdin, stdout and stderr are `/dev/null` so that no way pays for a terminal.
 //! Each way is warmed up a few times, then the ways are interleaved round-robin (sample 1 of
 //! each way, then sample 2 of each, ...) so that machine noise hits all of them alike. The
@@ -21,7 +25,7 @@
 //! Every run must exit with status 0, or the bench aborts.
 //!
 //! It prints a markdown table of median, p90 and min per way, with the ratio of each median
-//! to the bare spawn's and to `unshare`'s.
+//! to the bare spawn's, to `unshare`'s and to `bwrap`'s.
 //!
 //! Run it (as root, or wherever the sandbox can be built) from the repository root with
 //! `bash benches/start.sh`, which builds the `sandbox-run` binary first and then runs
@@ -47,6 +51,7 @@ enum Way {
     Cli(PathBuf),
     Library(Box<Profile>),
     Bwrap(PathBuf),
+    Baseline(PathBuf),
 }
 
 impl Way {
@@ -57,6 +62,7 @@ impl Way {
             Way::Cli(_) => "sandbox-run CLI",
             Way::Library(_) => "library",
             Way::Bwrap(_) => "bwrap",
+            Way::Baseline(_) => "sandbox-run CLI, baseline build",
         }
     }
 
@@ -78,7 +84,7 @@ impl Way {
                 ]);
                 time_command(cmd).await
             }
-            Way::Cli(bin) => {
+            Way::Cli(bin) | Way::Baseline(bin) => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["--stdin", "null", "--", "/bin/true"]);
                 time_command(cmd).await
@@ -257,6 +263,17 @@ async fn bench(iters: usize) {
         Some(p) => ways.push(Way::Bwrap(p)),
         None => notes.push("note: `bwrap` is not on PATH; the bwrap way is skipped".to_string()),
     }
+    if let Some(p) = std::env::var_os("SANDBOX_RUN_BASELINE") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            fail(format!(
+                "SANDBOX_RUN_BASELINE={} is not a file",
+                p.display()
+            ));
+        }
+        notes.push(format!("baseline: {}", p.display()));
+        ways.push(Way::Baseline(p));
+    }
 
     for way in &ways {
         for _ in 0..WARMUP {
@@ -285,6 +302,7 @@ async fn bench(iters: usize) {
     };
     let bare = base_of(|w| matches!(w, Way::Bare));
     let unshare = base_of(|w| matches!(w, Way::Unshare(_)));
+    let bwrap = base_of(|w| matches!(w, Way::Bwrap(_)));
 
     println!();
     println!(
@@ -296,17 +314,20 @@ async fn bench(iters: usize) {
         println!("{note}");
     }
     println!();
-    println!("| way | median | p90 | min | ratio to bare spawn | ratio to unshare |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| way | median | p90 | min | ratio to bare spawn | ratio to unshare | ratio to bwrap |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (way, s) in ways.iter().zip(&stats) {
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             way.label(),
             fmt_time(s.median),
             fmt_time(s.p90),
             fmt_time(s.min),
             fmt_ratio(s.median, bare),
             fmt_ratio(s.median, unshare),
+            fmt_ratio(s.median, bwrap),
         );
     }
 }
