@@ -301,6 +301,9 @@ impl SandboxRunner {
         // A detached sandbox keeps its state (and the plugin's exit status) in a directory
         // of its own, so a process that reattaches later can read it; removed on failure.
         let mut state_guard = DirGuard(None);
+        // State directories that crashed hosts left behind are reclaimed on the way (stale
+        // cgroups are, when this sandbox's cgroup is made).
+        let _ = crate::state::reclaim_stale();
         if self.plan.detach || self.socket_host.is_some() {
             let gid = self.socket_group()?;
             state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);

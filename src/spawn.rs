@@ -582,6 +582,18 @@ fn kill_and_reap(orphan: &Spawned) {
     );
 }
 
+/// The spawner's answer. Whoever drops it unopened (a start cancelled before or after the
+/// answer arrived) kills and reaps the init, which nobody else would ever wait for.
+struct Reply(Option<Result<Spawned, SpawnError>>);
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(Ok(orphan)) = self.0.take() {
+            kill_and_reap(&orphan);
+        }
+    }
+}
+
 struct Job {
     plan: Arc<Plan>,
     fds: ChildFds,
@@ -592,7 +604,7 @@ struct Job {
     /// The child-side fds (named by number in `fds`), owned here so that they stay open,
     /// with their numbers, until the clone has happened; dropped right after it.
     child_side: Vec<OwnedFd>,
-    reply: tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
+    reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
 /// Clones every sandbox from one dedicated thread that lives as long as the process.
@@ -631,11 +643,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     }
                     drop(job.placement);
                     drop(job.child_side);
-                    if let Err(Ok(orphan)) = job.reply.send(res) {
-                        // The start was cancelled while we cloned: nobody will wait for this
-                        // init, so kill and reap it here.
-                        kill_and_reap(&orphan);
-                    }
+                    // Cancelled while we cloned: the unsent Reply drops here, killing and
+                    // reaping the init.
+                    let _ = job.reply.send(Reply(Some(res)));
                 }
             })
             .expect("cannot start the sandbox-spawner thread");
@@ -668,7 +678,11 @@ pub(crate) async fn spawn(
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
     // The spawner always replies; a lost reply means the thread is gone.
-    rx.await.map_err(|_| SpawnError::Clone(Errno::ECHILD))?
+    let mut reply = rx.await.map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
+    reply
+        .0
+        .take()
+        .unwrap_or(Err(SpawnError::Clone(Errno::ECHILD)))
 }
 
 /// Tries a clone with `flags` and reports whether the kernel allows it (for `check`).

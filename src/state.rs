@@ -100,6 +100,16 @@ pub fn create_dir(id: &str, gid: Option<u32>) -> Result<PathBuf, Error> {
         .mode(0o700)
         .create(&dir)
         .map_err(|e| Error::host(format!("creating {}", dir.display()), e))?;
+    // Who made it, so a crashed host's directory is found and removed (see reclaim_stale).
+    let me = std::process::id() as i32;
+    let owner = format!("{me} {}\n", start_time(me).unwrap_or(0));
+    if let Err(e) = std::fs::write(dir.join(OWNER_FILE), owner) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(Error::host(
+            format!("writing {}", dir.join(OWNER_FILE).display()),
+            e,
+        ));
+    }
     if let Some(g) = gid {
         std::os::unix::fs::chown(&dir, None, Some(g))
             .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)))
@@ -178,6 +188,56 @@ impl SandboxState {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// The file in a state directory naming the host process that made it: `PID START_TIME`.
+const OWNER_FILE: &str = "owner";
+
+/// Removes the state directories left by hosts that died before they removed them: those
+/// without `state.json` (a sandbox with a socket directory, or a detached one whose host died
+/// before recording it) whose `owner` process is gone (pid and start time no longer match),
+/// or, with no readable `owner`, older than a minute. A detached sandbox's directory (it has
+/// `state.json`) is left alone: it keeps the exit status for a later reattach, and `sandbox-run
+/// check --cleanup` removes it once its init is gone. Returns the ids removed.
+pub fn reclaim_stale() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(state_root()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in rd.flatten() {
+        let Ok(id) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !valid_id(&id) {
+            continue;
+        }
+        let dir = entry.path();
+        if dir.join("state.json").exists() {
+            continue;
+        }
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|t| {
+                let mut w = t.split_whitespace();
+                Some((
+                    w.next()?.parse::<i32>().ok()?,
+                    w.next()?.parse::<u64>().ok()?,
+                ))
+            });
+        let stale = match owner {
+            Some((pid, start)) => start_time(pid) != Some(start),
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60)),
+        };
+        if stale && remove_dir(&id).is_ok() {
+            removed.push(id);
+        }
+    }
+    removed
 }
 
 /// Removes the state directory of `id` and everything in it.

@@ -407,6 +407,9 @@ async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(
 fn ps() -> ExitCode {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{:<28}  {:>8}  {:<8}  PROGRAM", "ID", "PID", "STATE");
+    for id in sandbox_runner::state::reclaim_stale() {
+        println!("cleanup: removed the state left by a dead host for {id}");
+    }
     for (id, st) in sandbox_runner::state::SandboxState::list() {
         let line = match st {
             Ok(s) => {
@@ -471,6 +474,9 @@ fn cleanup() -> u8 {
             eprintln!("sandbox-run: cleanup: {e}");
             code = 1;
         }
+    }
+    for id in sandbox_runner::state::reclaim_stale() {
+        println!("cleanup: removed the state left by a dead host for {id}");
     }
     for (id, st) in sandbox_runner::state::SandboxState::list() {
         let stale = match st {
