@@ -455,8 +455,7 @@ impl SandboxRunner {
                 spawn::SpawnError::Clone(errno) => {
                     Error::host("clone3 into new namespaces", std::io::Error::from(errno))
                 }
-                spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Attach {
-                    pid: 0,
+                spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Place {
                     path,
                     cause: std::io::Error::from(errno),
                 }

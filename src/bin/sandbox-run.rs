@@ -398,10 +398,49 @@ async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(
         },
         Err(e) => w.write_all(e.partial()).await.map_err(io)?,
     }
+    // What the reader holds beyond the handshake line goes out as is.
+    let rest = r.buffer().to_vec();
+    w.write_all(&rest).await.map_err(io)?;
     w.flush().await.map_err(io)?;
-    tokio::io::copy(&mut r, &mut w).await.map_err(io)?;
-    w.flush().await.map_err(io)
+    // The rest passes through unchanged: read here, written to fd 1 by a thread of its own
+    // (no line buffering, no blocking-pool hop per write, reading and writing overlap).
+    let fd1 = nix::unistd::dup(std::io::stdout()).map_err(|e| io(e.into()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let writer = std::thread::Builder::new()
+        .name("stdout-relay".into())
+        .spawn(move || -> std::io::Result<()> {
+            let mut out = std::fs::File::from(fd1);
+            while let Some(chunk) = rx.blocking_recv() {
+                std::io::Write::write_all(&mut out, &chunk)?;
+            }
+            Ok(())
+        })
+        .map_err(io)?;
+    let mut inner = r.into_inner();
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    let read_result = loop {
+        match tokio::io::AsyncReadExt::read(&mut inner, &mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if tx.send(buf[..n].to_vec()).await.is_err() {
+                    // The writer stopped on an error: it says which below.
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(format!("reading the plugin's stdout: {e}")),
+        }
+    };
+    drop(tx);
+    let written = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| format!("stdout relay: {e}"))?
+        .map_err(|_| "stdout relay thread panicked".to_string())?;
+    written.map_err(io)?;
+    read_result
 }
+
+/// The read size of the stdout relay after the handshake line.
+const RELAY_CHUNK: usize = 256 * 1024;
 
 /// `sandbox-run ps`: one line per detached sandbox.
 fn ps() -> ExitCode {

@@ -124,6 +124,15 @@ pub enum CgroupError {
         /// The I/O error.
         cause: io::Error,
     },
+    /// A `tasks` file through which the spawner places a sandbox (cgroup v1) could not be
+    /// opened or written.
+    #[error("cannot place the sandbox through {}: {cause}{}", path.display(), hint(cause))]
+    Place {
+        /// The `tasks` file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: io::Error,
+    },
     /// Processes survived the kill for longer than the bound.
     #[error(
         "processes {pids:?} are still in {} after {waited:?} of SIGKILL (stuck in \

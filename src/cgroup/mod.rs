@@ -341,8 +341,7 @@ impl SandboxCgroup {
                 Some(fd) => fd
                     .try_clone()
                     .map(|fd| Some(Placement::IntoCgroup(fd)))
-                    .map_err(|cause| CgroupError::Attach {
-                        pid: 0,
+                    .map_err(|cause| CgroupError::Place {
                         path: c.leaf.clone(),
                         cause,
                     }),

@@ -135,11 +135,7 @@ impl V1Cgroup {
                 .write(true)
                 .open(&path)
                 .map(|f| (std::os::fd::OwnedFd::from(f), path.clone()))
-                .map_err(|cause| CgroupError::Attach {
-                    pid: 0,
-                    path,
-                    cause,
-                })
+                .map_err(|cause| CgroupError::Place { path, cause })
         };
         let mut mv = ThreadMove::default();
         for d in &self.dirs {

@@ -9,8 +9,9 @@
 //!   (signalled on OOM and when the cgroup is removed, cgroup-v1/memory.rst section 9);
 //! - a stop eventfd;
 //!
-//! with a 250 ms timeout to refresh the counters that raise no event (`memory.peak`,
-//! `cpu.stat`, v1 `pids.events`). It stops by itself when the cgroup directory disappears.
+//! reading the counters on each event. Counters that raise no event (`memory.peak`,
+//! `cpu.stat`, v1 `pids.events`) are read when asked for, so an idle sandbox's watch costs
+//! no CPU. It stops by itself when the cgroup directory disappears.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
@@ -24,8 +25,10 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::stats::{CounterSource, Counters};
 
-/// Refresh period for counters that raise no event, in milliseconds.
-const REFRESH_MS: u16 = 250;
+/// How long the thread sleeps when no event comes, in milliseconds: only to notice a cgroup
+/// removed behind its back. Counters that raise no event are read when asked for
+/// ([`Watcher::latest`]), not polled: an idle sandbox costs no CPU.
+const IDLE_MS: u16 = 5000;
 
 struct Shared {
     latest: Mutex<Counters>,
@@ -102,8 +105,8 @@ impl Watcher {
         }
     }
 
-    /// The latest counters: the field-wise maximum of every reading so far (read now too
-    /// if the watch thread could not start).
+    /// The latest counters: the field-wise maximum of every reading so far and of one made
+    /// now (while the cgroup exists).
     pub fn latest(&self) -> Counters {
         let mut c = self
             .shared
@@ -111,9 +114,7 @@ impl Watcher {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        if self.thread.is_none() {
-            c.merge(&self.source.read());
-        }
+        c.merge(&self.source.read());
         c
     }
 
@@ -126,7 +127,11 @@ impl Watcher {
     /// files too, as [`super::SandboxCgroup::counters`] does).
     pub fn stop(mut self) -> Counters {
         self.halt();
-        self.latest()
+        self.shared
+            .latest
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     fn halt(&mut self) {
@@ -184,7 +189,7 @@ fn run(
         if let Some((efd, _)) = &oom {
             fds.push(PollFd::new(efd.as_fd(), PollFlags::POLLIN));
         }
-        let ready = poll(&mut fds, PollTimeout::from(REFRESH_MS)).unwrap_or(0);
+        let ready = poll(&mut fds, PollTimeout::from(IDLE_MS)).unwrap_or(0);
         let stopped = fds[0]
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLIN));
