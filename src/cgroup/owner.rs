@@ -152,7 +152,10 @@ impl OwnerRecord {
         rec.owner_pid = pid;
         rec.owner_start_time =
             start_time(pid).ok_or_else(|| err(format!("process {pid} is gone")))?;
-        let tmp = path.with_extension("json.tmp");
+        // Named after its writer, so a writer killed before the rename leaves a file that
+        // reclaim_in can tell is abandoned.
+        let (me, my_start) = self_key();
+        let tmp = path.with_extension(format!("json.tmp-{me}-{my_start}"));
         let json = serde_json::to_vec_pretty(&rec).map_err(|e| err(e.to_string()))?;
         std::fs::write(&tmp, json)
             .and_then(|_| std::fs::rename(&tmp, path))
@@ -283,6 +286,23 @@ pub(crate) fn reclaim_in(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     let mut present = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
+        if let Some(writer) = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| e.strip_prefix("tmp-"))
+        {
+            // A rewrite's temporary file: abandoned once its writer is gone.
+            let alive = writer.split_once('-').is_some_and(|(pid, start)| {
+                match (pid.parse::<i32>(), start.parse::<u64>()) {
+                    (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
+                    _ => false,
+                }
+            });
+            if !alive {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
