@@ -401,6 +401,7 @@ impl SandboxRunner {
             sync_w: sync_w.as_raw_fd(),
             init_keep: FdList::new(&init_keep),
             plugin_keep: FdList::new(&plugin_keep),
+            host_pid: host_pid_in_proc_view(),
         };
         child_side.extend([err_w, status_w, sync_r]);
 
@@ -548,6 +549,16 @@ impl SandboxRunner {
         self.running = Some(running);
         Ok(())
     }
+}
+
+/// This process's pid as `/proc` (the mount the child will read) names it: the same as
+/// `getpid()` unless this process lives in a PID namespace whose `/proc` was not remounted;
+/// -1 when `/proc` does not show it (the child then skips its parent check).
+fn host_pid_in_proc_view() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(-1)
 }
 
 /// A started sandbox: its init's pidfd and the pipe that carries the plugin's wait status.

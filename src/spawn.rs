@@ -175,6 +175,9 @@ pub(crate) struct ChildFds {
     pub init_keep: FdList,
     /// Sorted fds >= 3 the plugin keeps open until its execve (err_w, pass_fds).
     pub plugin_keep: FdList,
+    /// The host process's pid as `/proc` shows it (-1: not shown): the child checks that its
+    /// parent still is the host once its death signal is armed.
+    pub host_pid: i32,
 }
 
 impl ChildFds {
@@ -263,6 +266,47 @@ pub(crate) fn check(ret: c_int) -> Result<c_int, Errno> {
 ///
 /// # Safety
 /// Runs in the freshly cloned child; async-signal-safe; never returns.
+/// This process's parent pid as the host sees it (field 4 of the host's `/proc/self/stat`),
+/// or -1 when it cannot be read. Async-signal-safe: a stack buffer, no allocation.
+///
+/// # Safety
+/// Child-side; plain syscalls on a local buffer.
+unsafe fn parent_in_host_view() -> i32 {
+    let fd = libc::open(
+        c"/proc/self/stat".as_ptr(),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    );
+    if fd < 0 {
+        return -1;
+    }
+    let mut buf = [0u8; 512];
+    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+    libc::close(fd);
+    if n <= 0 {
+        return -1;
+    }
+    let line = &buf[..n as usize];
+    // "pid (comm) S ppid ...": the command may hold spaces and ')', so count after the last.
+    let Some(close) = line.iter().rposition(|&b| b == b')') else {
+        return -1;
+    };
+    let mut fields = line[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    let _state = fields.next();
+    let Some(ppid) = fields.next() else {
+        return -1;
+    };
+    let mut v: i32 = 0;
+    for &d in ppid {
+        if !d.is_ascii_digit() {
+            return -1;
+        }
+        v = v.saturating_mul(10).saturating_add((d - b'0') as i32);
+    }
+    v
+}
+
 unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     let e = fds.err_w;
     // Die with the spawner thread (unless detached). In a new PID namespace getppid() is
@@ -279,6 +323,13 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         )) {
             fail(e, Step::DeathSignal, err)
         }
+    }
+    // The host may have died before the death signal was armed: then no signal comes, and
+    // (with the whole host SIGKILLed) the child has been handed to a subreaper. In a new PID
+    // namespace getppid() says 0, but the host's /proc is still mounted here and tells our
+    // parent in the host's view: it must still be the host.
+    if !plan.detach && fds.host_pid > 0 && parent_in_host_view() != fds.host_pid {
+        libc::_exit(125);
     }
     // Nothing in the sandbox may ptrace the init or read its memory (a copy of the host's).
     // Rootless: not before the wait below, because a non-dumpable process's /proc files

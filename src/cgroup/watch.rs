@@ -28,7 +28,7 @@ use super::stats::{CounterSource, Counters};
 /// How long the thread sleeps when no event comes, in milliseconds: only to notice a cgroup
 /// removed behind its back. Counters that raise no event are read when asked for
 /// ([`Watcher::latest`]), not polled: an idle sandbox costs no CPU.
-const IDLE_MS: u16 = 5000;
+const IDLE_MS: u16 = 1000;
 
 struct Shared {
     latest: Mutex<Counters>,
@@ -168,10 +168,12 @@ fn run(
     stop: &EventFd,
     shared: &Shared,
 ) {
+    // The event files change on each event; the leaf directory itself reports its removal
+    // (the event files do not, on cgroup2).
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
         .ok()
         .filter(|ino| {
-            let mut any = false;
+            let mut any = ino.add_watch(alive, AddWatchFlags::IN_DELETE_SELF).is_ok();
             for f in events {
                 any |= ino
                     .add_watch(f, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF)
@@ -206,9 +208,12 @@ fn run(
         if stopped {
             return;
         }
-        shared.update(&source.read());
         if !alive.exists() {
             return;
+        }
+        // Counters are read on events only; a quiet timeout just checks the leaf is there.
+        if ready > 0 {
+            shared.update(&source.read());
         }
     }
 }

@@ -91,9 +91,10 @@ fn describe(pid: i32) -> String {
     format!("{pid} {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
 }
 
-/// The cgroup directories below this process's own cgroup, in every mounted hierarchy.
-pub fn own_cgroup_dirs() -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
+/// This process's own cgroup directory in every mounted hierarchy (from
+/// `/proc/self/cgroup` and `/proc/self/mountinfo`).
+pub fn own_cgroup_paths() -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for line in mountinfo.lines() {
@@ -125,8 +126,22 @@ pub fn own_cgroup_dirs() -> BTreeSet<PathBuf> {
                 .strip_prefix(root)
                 .unwrap_or(path)
                 .trim_start_matches('/');
-            walk(&Path::new(mnt).join(rel), &mut out);
+            out.push(Path::new(mnt).join(rel));
         }
+    }
+    out
+}
+
+/// The cgroup directories below this process's own cgroup, in every mounted hierarchy.
+pub fn own_cgroup_dirs() -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for mut dir in own_cgroup_paths() {
+        // cgroup v2: the library moves the host into `<own>/sandbox-runner-host`; the
+        // sandboxes are made beside it, below `<own>/sandbox-runner`.
+        if dir.file_name().and_then(|n| n.to_str()) == Some(sandbox_runner::cgroup::HOST_LEAF) {
+            dir.pop();
+        }
+        walk(&dir, &mut out);
     }
     out
 }
