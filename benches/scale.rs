@@ -72,6 +72,8 @@
 //! `SCALE_IDLE_SECS` (2), `SCALE_TIMEOUT_SECS` (120). The runtime is a two-worker
 //! multi-thread tokio runtime, as in `benches/start.rs`.
 
+mod common;
+use common::{loadavg, machine};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{exit, Stdio as ProcStdio};
@@ -463,33 +465,6 @@ fn fmt_ratio(a: f64, b: f64) -> String {
 fn fail(msg: impl AsRef<str>) -> ! {
     eprintln!("bench scale: {}", msg.as_ref());
     exit(1);
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("Linux {kernel}, {cpus} CPUs, {model}")
-}
-
-/// The 1, 5 and 15 minute load averages (`/proc/loadavg`): other work on the machine shows
-/// in the wall times.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1232,13 +1207,7 @@ async fn bench(cfg: Config) {
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n > 0 => n,
-            _ => fail(format!("{name} must be a positive integer, not {v:?}")),
-        },
-        Err(_) => default,
-    }
+    common::env_num(name, default).unwrap_or_else(|e| fail(e))
 }
 
 fn main() {
@@ -1263,15 +1232,7 @@ fn main() {
         profile: Profile::builtin("default")
             .unwrap_or_else(|e| fail(format!("default profile: {e}"))),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(format!("building the tokio runtime: {e}")));
-    rt.block_on(async move {
-        // Run on a worker thread, as a host's task would, not on the blocking main thread.
-        if let Err(e) = tokio::spawn(bench(cfg)).await {
-            fail(format!("the bench task failed: {e}"));
-        }
-    });
+    if let Err(e) = common::run_on_two_workers(bench(cfg)) {
+        fail(e);
+    }
 }

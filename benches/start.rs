@@ -32,6 +32,8 @@
 //! `cargo bench --bench start`. `BENCH_ITERS` sets the number of samples per way
 //! (default 200).
 
+mod common;
+use common::{cli_binary, find_on_path, machine};
 use std::path::PathBuf;
 use std::process::{exit, Stdio as ProcStdio};
 use std::time::{Duration, Instant};
@@ -107,17 +109,7 @@ impl Way {
             }
             Way::Bwrap(bwrap) => {
                 let mut cmd = Command::new(bwrap);
-                cmd.args([
-                    "--unshare-all",
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--dev",
-                    "/dev",
-                    "--proc",
-                    "/proc",
-                    "/bin/true",
-                ]);
+                cmd.args(common::BWRAP_ARGS).arg("/bin/true");
                 time_command(cmd).await
             }
         }
@@ -143,52 +135,6 @@ async fn time_command(mut cmd: Command) -> Result<Duration, String> {
         ));
     }
     Ok(elapsed)
-}
-
-/// The first executable file called `name` in a directory of `PATH`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-/// `target/<profile>/sandbox-run`, next to the `deps/` directory this bench runs from.
-fn cli_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("sandbox-run");
-    bin.is_file().then_some(bin)
-}
-
-/// Kernel release, CPU count and CPU model of this machine.
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| {
-            std::process::Command::new("uname")
-                .arg("-r")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-        .unwrap_or_else(|_| "unknown".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("Linux {kernel}, {cpus} CPUs, {model}")
 }
 
 /// Median, p90 and min of one way's samples.
@@ -341,15 +287,7 @@ fn main() {
         },
         Err(_) => DEFAULT_ITERS,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(format!("building the tokio runtime: {e}")));
-    rt.block_on(async move {
-        // Run on a worker thread, as a host's task would, not on the blocking main thread.
-        if let Err(e) = tokio::spawn(bench(iters)).await {
-            fail(format!("the bench task failed: {e}"));
-        }
-    });
+    if let Err(e) = common::run_on_two_workers(bench(iters)) {
+        fail(e);
+    }
 }

@@ -41,6 +41,8 @@
 //! Run it (as root) from the repository root with `cargo build --release && cargo bench
 //! --bench throughput`; without the release `sandbox-run` binary the CLI ways are skipped.
 
+mod common;
+use common::{cli_binary, find_on_path, loadavg, machine};
 use std::path::PathBuf;
 use std::process::{exit, Stdio as ProcStdio};
 use std::time::{Duration, Instant};
@@ -173,17 +175,7 @@ async fn run_once(way: &Way, s: &Setup, buf: &mut [u8]) -> Result<Sample, String
                 }
                 Way::Bwrap(bwrap) => {
                     let mut c = Command::new(bwrap);
-                    c.args([
-                        "--unshare-all",
-                        "--ro-bind",
-                        "/",
-                        "/",
-                        "--dev",
-                        "/dev",
-                        "--proc",
-                        "/proc",
-                    ])
-                    .arg(&s.program);
+                    c.args(common::BWRAP_ARGS).arg(&s.program);
                     c
                 }
                 Way::Library(_) => unreachable!(),
@@ -218,53 +210,6 @@ async fn run_once(way: &Way, s: &Setup, buf: &mut [u8]) -> Result<Sample, String
     })
 }
 
-/// The first executable file called `name` in a directory of `PATH`.
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-/// `target/<profile>/sandbox-run`, next to the `deps/` directory this bench runs from.
-fn cli_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("sandbox-run");
-    bin.is_file().then_some(bin)
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("Linux {kernel}, {cpus} CPUs, {model}")
-}
-
-/// The 1, 5 and 15 minute load averages (`/proc/loadavg`): other work on the machine shows
-/// in the wall times.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -281,13 +226,7 @@ fn fail(msg: impl AsRef<str>) -> ! {
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n > 0 => n,
-            _ => fail(format!("{name} must be a positive integer, not {v:?}")),
-        },
-        Err(_) => default,
-    }
+    common::env_num(name, default).unwrap_or_else(|e| fail(e))
 }
 
 async fn bench(runs: usize, s: Setup) {
