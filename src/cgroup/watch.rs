@@ -30,6 +30,9 @@ use super::stats::{CounterSource, Counters};
 /// ([`Watcher::latest`]), not polled: an idle sandbox costs no CPU.
 const IDLE_MS: u16 = 1000;
 
+/// Stack size of a watch thread.
+const WATCH_STACK: usize = 64 * 1024;
+
 struct Shared {
     latest: Mutex<Counters>,
     running: AtomicBool,
@@ -81,6 +84,11 @@ impl Watcher {
             let (shared, source, stop) = (shared.clone(), source.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("cgroup-watch".to_owned())
+                // Small: it only polls and reads a few short files. Hundreds of sandboxes mean
+                // hundreds of these stacks, and every sandbox's init (a copy-on-write clone of
+                // this process) copies the page tables that map them; small stacks pack
+                // together in few page-table pages.
+                .stack_size(WATCH_STACK)
                 .spawn(move || {
                     run(
                         &source,
@@ -168,10 +176,13 @@ fn run(
     stop: &EventFd,
     shared: &Shared,
 ) {
-    // The event files change on each event; the leaf directory itself reports its removal
-    // (the event files do not, on cgroup2).
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
-        .ok()
+    // v2: the event files change on each event; the leaf directory itself reports its
+    // removal (the event files do not). v1 has no event files (its OOM eventfd also fires on
+    // removal), and no inotify instance: closing one waits out an SRCU grace period, ~15 ms
+    // on the path of every kill.
+    let inotify = (!events.is_empty())
+        .then(|| Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok())
+        .flatten()
         .filter(|ino| {
             let mut any = ino.add_watch(alive, AddWatchFlags::IN_DELETE_SELF).is_ok();
             for f in events {
