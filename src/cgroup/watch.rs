@@ -1,37 +1,42 @@
 //! [`Watcher`]: keeps the latest [`Counters`] of a sandbox cgroup while the plugin runs, so they
 //! are known even when the cgroup is gone at the end.
 //!
-//! It runs on its own small thread (so it works with or without a tokio runtime and never
-//! blocks one), waiting in `poll(2)` on:
+//! One thread per process (the "cgroup-watch" hub, started at the first watch) waits in
+//! `epoll(7)` for every watched cgroup at once, so a host with hundreds of sandboxes has one
+//! watch thread, not hundreds (each of which every sandbox's init, a copy-on-write clone of
+//! the host, would map). Per cgroup it waits on:
 //! - v2: an inotify watch on `memory.events`, `pids.events` and `cgroup.events` (the kernel
-//!   raises a modify event on each change, cgroup-v2.rst "Interface Files");
+//!   raises a modify event on each change, cgroup-v2.rst "Interface Files") and on the leaf
+//!   directory itself (its removal);
 //! - v1: an eventfd registered for `memory.oom_control` through `cgroup.event_control`
 //!   (signalled on OOM and when the cgroup is removed, cgroup-v1/memory.rst section 9);
-//! - a stop eventfd;
 //!
 //! reading the counters on each event. Counters that raise no event (`memory.peak`,
 //! `cpu.stat`, v1 `pids.events`) are read when asked for, so an idle sandbox's watch costs
-//! no CPU. It stops by itself when the cgroup directory disappears.
+//! no CPU. A watch ends when told to or when its cgroup directory disappears (also checked
+//! once a second).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use super::stats::{CounterSource, Counters};
 
-/// How long the thread sleeps when no event comes, in milliseconds: only to notice a cgroup
-/// removed behind its back. Counters that raise no event are read when asked for
-/// ([`Watcher::latest`]), not polled: an idle sandbox costs no CPU.
+/// How long the hub sleeps when no event comes, in milliseconds: only to notice a cgroup
+/// removed behind its back.
 const IDLE_MS: u16 = 1000;
 
-/// Stack size of a watch thread.
-const WATCH_STACK: usize = 64 * 1024;
+/// Stack size of the hub thread: it only waits and reads a few short files.
+const HUB_STACK: usize = 128 * 1024;
+
+/// The epoll token of the hub's wake-up eventfd (watch tokens start at 1).
+const WAKE: u64 = 0;
 
 struct Shared {
     latest: Mutex<Counters>,
@@ -46,12 +51,153 @@ impl Shared {
     }
 }
 
+/// One watched cgroup, as the hub keeps it.
+struct Entry {
+    shared: Arc<Shared>,
+    source: CounterSource,
+    alive: PathBuf,
+    inotify: Option<Inotify>,
+    oom: Option<(EventFd, std::fs::File)>,
+    /// Not read yet: the hub makes the first reading, off the caller's path.
+    fresh: AtomicBool,
+}
+
+impl Entry {
+    /// Drains what woke it and reads the counters.
+    fn on_event(&self) {
+        if let Some(i) = &self.inotify {
+            while i.read_events().is_ok_and(|e| !e.is_empty()) {}
+        }
+        if let Some((efd, _)) = &self.oom {
+            let _ = efd.read();
+        }
+        self.shared.update(&self.source.read());
+    }
+}
+
+/// The process's one watch thread and what it watches.
+struct Hub {
+    epoll: Epoll,
+    wake: EventFd,
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+    next: AtomicU64,
+}
+
+impl Hub {
+    /// The hub, started at the first call; `None` if it cannot be (then nothing is watched
+    /// and [`Watcher::latest`] reads the files when asked).
+    fn get() -> Option<&'static Hub> {
+        static HUB: OnceLock<Option<&'static Hub>> = OnceLock::new();
+        *HUB.get_or_init(|| {
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).ok()?;
+            let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok()?;
+            epoll
+                .add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
+                .ok()?;
+            let hub: &'static Hub = Box::leak(Box::new(Hub {
+                epoll,
+                wake,
+                entries: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(WAKE + 1),
+            }));
+            std::thread::Builder::new()
+                .name("cgroup-watch".to_owned())
+                .stack_size(HUB_STACK)
+                .spawn(move || hub.run())
+                .ok()?;
+            Some(hub)
+        })
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `entry` and returns its token. (Should epoll refuse its fds, the once-a-second
+    /// check still ends the watch when the cgroup goes.)
+    fn add(&self, entry: Entry) -> u64 {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = &entry.inotify {
+            let _ = self
+                .epoll
+                .add(i, EpollEvent::new(EpollFlags::EPOLLIN, token));
+        }
+        if let Some((efd, _)) = &entry.oom {
+            let _ = self
+                .epoll
+                .add(efd, EpollEvent::new(EpollFlags::EPOLLIN, token));
+        }
+        self.entries().insert(token, Arc::new(entry));
+        // The hub makes the first reading.
+        let _ = self.wake.write(1);
+        token
+    }
+
+    /// Stops watching `token` (told to, or its cgroup is gone); the entry, if still there.
+    fn remove(&self, token: u64) -> Option<Arc<Entry>> {
+        let e = self.entries().remove(&token)?;
+        if let Some(i) = &e.inotify {
+            let _ = self.epoll.delete(i);
+        }
+        if let Some((efd, _)) = &e.oom {
+            let _ = self.epoll.delete(efd);
+        }
+        e.shared.running.store(false, Ordering::SeqCst);
+        Some(e)
+    }
+
+    fn run(&self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            let n = self
+                .epoll
+                .wait(&mut events, EpollTimeout::from(IDLE_MS))
+                .unwrap_or(0);
+            if n == 0 {
+                // Quiet: look for cgroups removed behind our back.
+                let gone: Vec<u64> = self
+                    .entries()
+                    .iter()
+                    .filter(|(_, e)| !e.alive.exists())
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in gone {
+                    self.remove(t);
+                }
+                continue;
+            }
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token == WAKE {
+                    let _ = self.wake.read();
+                    let fresh: Vec<Arc<Entry>> = self
+                        .entries()
+                        .values()
+                        .filter(|e| e.fresh.swap(false, Ordering::SeqCst))
+                        .cloned()
+                        .collect();
+                    for e in fresh {
+                        e.shared.update(&e.source.read());
+                    }
+                    continue;
+                }
+                let Some(e) = self.entries().get(&token).cloned() else {
+                    continue;
+                };
+                e.on_event();
+                if !e.alive.exists() {
+                    self.remove(token);
+                }
+            }
+        }
+    }
+}
+
 /// A running watch of one sandbox cgroup's counters; see the module doc. Dropping it stops it.
 pub struct Watcher {
     shared: Arc<Shared>,
     source: CounterSource,
-    stop: Option<Arc<EventFd>>,
-    thread: Option<JoinHandle<()>>,
+    token: Option<u64>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -73,57 +219,57 @@ impl Watcher {
         oom_control: Option<PathBuf>,
     ) -> Watcher {
         let shared = Arc::new(Shared {
-            // The first reading is the thread's, off the caller's path.
             latest: Mutex::new(Counters::default()),
             running: AtomicBool::new(true),
         });
-        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .ok()
-            .map(Arc::new);
-        let thread = stop.as_ref().and_then(|stop| {
-            let (shared, source, stop) = (shared.clone(), source.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("cgroup-watch".to_owned())
-                // Small: it only polls and reads a few short files. Hundreds of sandboxes mean
-                // hundreds of these stacks, and every sandbox's init (a copy-on-write clone of
-                // this process) copies the page tables that map them; small stacks pack
-                // together in few page-table pages.
-                .stack_size(WATCH_STACK)
-                .spawn(move || {
-                    run(
-                        &source,
-                        &alive,
-                        &events,
-                        oom_control.as_ref(),
-                        &stop,
-                        &shared,
-                    );
-                    shared.running.store(false, Ordering::SeqCst);
-                })
-                .ok()
+        // v2: the event files change on each event; the leaf directory itself reports its
+        // removal (the event files do not). v1 has no event files (its OOM eventfd also fires
+        // on removal), and no inotify instance: closing one waits out an SRCU grace period,
+        // ~15 ms on the path of every kill.
+        let inotify = (!events.is_empty())
+            .then(|| Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok())
+            .flatten()
+            .filter(|ino| {
+                let mut any = ino.add_watch(&alive, AddWatchFlags::IN_DELETE_SELF).is_ok();
+                for f in &events {
+                    any |= ino
+                        .add_watch(f, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF)
+                        .is_ok();
+                }
+                any
+            });
+        let oom = oom_control.and_then(|d| v1_oom_eventfd(&d));
+        let token = Hub::get().map(|hub| {
+            hub.add(Entry {
+                shared: shared.clone(),
+                source: source.clone(),
+                alive,
+                inotify,
+                oom,
+                fresh: AtomicBool::new(true),
+            })
         });
-        if thread.is_none() {
+        if token.is_none() {
             shared.running.store(false, Ordering::SeqCst);
         }
         Watcher {
             shared,
             source,
-            stop,
-            thread,
+            token,
         }
     }
 
     /// The latest counters: the field-wise maximum of every reading so far and of one made
     /// now (while the cgroup exists).
     pub fn latest(&self) -> Counters {
-        let mut c = self
-            .shared
+        // Kept, so that a value seen here stays in the watch's maximum after the cgroup is
+        // gone.
+        self.shared.update(&self.source.read());
+        self.shared
             .latest
             .lock()
             .map(|c| c.clone())
-            .unwrap_or_default();
-        c.merge(&self.source.read());
-        c
+            .unwrap_or_default()
     }
 
     /// Whether the watch is still running (it ends when told or when the cgroup is gone).
@@ -143,12 +289,10 @@ impl Watcher {
     }
 
     fn halt(&mut self) {
-        if let Some(stop) = &self.stop {
-            let _ = stop.write(1);
+        if let (Some(token), Some(hub)) = (self.token.take(), Hub::get()) {
+            hub.remove(token);
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.shared.running.store(false, Ordering::SeqCst);
     }
 }
 
@@ -166,65 +310,4 @@ fn v1_oom_eventfd(dir: &std::path::Path) -> Option<(EventFd, std::fs::File)> {
     let line = format!("{} {}", efd.as_fd().as_raw_fd(), oom.as_raw_fd());
     std::fs::write(dir.join("cgroup.event_control"), line).ok()?;
     Some((efd, oom))
-}
-
-fn run(
-    source: &CounterSource,
-    alive: &std::path::Path,
-    events: &[PathBuf],
-    oom_control: Option<&PathBuf>,
-    stop: &EventFd,
-    shared: &Shared,
-) {
-    // v2: the event files change on each event; the leaf directory itself reports its
-    // removal (the event files do not). v1 has no event files (its OOM eventfd also fires on
-    // removal), and no inotify instance: closing one waits out an SRCU grace period, ~15 ms
-    // on the path of every kill.
-    let inotify = (!events.is_empty())
-        .then(|| Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok())
-        .flatten()
-        .filter(|ino| {
-            let mut any = ino.add_watch(alive, AddWatchFlags::IN_DELETE_SELF).is_ok();
-            for f in events {
-                any |= ino
-                    .add_watch(f, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_DELETE_SELF)
-                    .is_ok();
-            }
-            any
-        });
-    let oom = oom_control.and_then(|d| v1_oom_eventfd(d));
-    shared.update(&source.read());
-    loop {
-        let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
-        if let Some(i) = &inotify {
-            fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some((efd, _)) = &oom {
-            fds.push(PollFd::new(efd.as_fd(), PollFlags::POLLIN));
-        }
-        let ready = poll(&mut fds, PollTimeout::from(IDLE_MS)).unwrap_or(0);
-        let stopped = fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN));
-        drop(fds);
-        if ready > 0 {
-            if let Some(i) = &inotify {
-                while i.read_events().is_ok_and(|e| !e.is_empty()) {}
-            }
-            if let Some((efd, _)) = &oom {
-                let _ = efd.read();
-            }
-        }
-        // Told to stop: the caller reads the final counters itself.
-        if stopped {
-            return;
-        }
-        if !alive.exists() {
-            return;
-        }
-        // Counters are read on events only; a quiet timeout just checks the leaf is there.
-        if ready > 0 {
-            shared.update(&source.read());
-        }
-    }
 }
