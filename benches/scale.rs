@@ -172,26 +172,25 @@ fn host_snap() -> HostSnap {
     }
 }
 
-/// CPU time (user + system) used by this process (all its threads) so far.
-fn host_cpu() -> Duration {
+/// CPU time (user + system) that `getrusage(who)` reports.
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
         return Duration::ZERO;
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// CPU time (user + system) used by this process (all its threads) so far.
+fn host_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
 /// CPU time (user + system) of this process's reaped children (and what they reaped).
 fn children_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
 /// `CLOCK_MONOTONIC` in seconds (the clock `perf record -k CLOCK_MONOTONIC` stamps with), to
