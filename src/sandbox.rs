@@ -503,15 +503,13 @@ impl SandboxRunner {
         if !released {
             write_all(&sync_w, &[1])?;
         }
-        // The write end stays open until the child has exec'd: the child takes a hang-up
-        // for a host that died before its death signal was armed (see spawn::child_main).
+        drop(sync_w);
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
             .map_err(|e| Error::host("error pipe", e))?;
         let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
         rx.read_to_end(&mut rec)
             .await
             .map_err(|e| Error::host("reading the error pipe", e))?;
-        drop(sync_w);
         if rec.len() >= STEP_ERROR_LEN {
             // SAFETY: StepError is plain old data of exactly STEP_ERROR_LEN bytes.
             let se: StepError = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };

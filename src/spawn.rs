@@ -262,10 +262,6 @@ pub(crate) fn check(ret: c_int) -> Result<c_int, Errno> {
     }
 }
 
-/// The init's steps, in the order the kernel needs them, then the init loop.
-///
-/// # Safety
-/// Runs in the freshly cloned child; async-signal-safe; never returns.
 /// This process's parent pid as the host sees it (field 4 of the host's `/proc/self/stat`),
 /// or -1 when it cannot be read. Async-signal-safe: a stack buffer, no allocation.
 ///
@@ -307,12 +303,14 @@ unsafe fn parent_in_host_view() -> i32 {
     v
 }
 
+/// The init's steps, in the order the kernel needs them, then the init loop.
+///
+/// # Safety
+/// Runs in the freshly cloned child; async-signal-safe; never returns.
 unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     let e = fds.err_w;
-    // Die with the spawner thread (unless detached). In a new PID namespace getppid() is
-    // always 0, so the race with a host that died before this prctl is closed by the sync
-    // pipe below instead: its read returns EOF once the host (the only other holder of the
-    // write end) is gone.
+    // Die with the spawner thread (unless detached). A host that died before this prctl
+    // sends no signal: the parent check right below closes that race.
     if !plan.detach {
         if let Err(err) = check(libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -361,19 +359,6 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         let err = Errno::last();
         if err != Errno::EINTR {
             fail(e, Step::WaitParent, err)
-        }
-    }
-    // The death signal was armed before the wait, but a host that died before the prctl
-    // sent none: it would have closed the write end, which the host holds open until this
-    // init has exec'd the plugin. A hang-up now means it is gone.
-    if !plan.detach {
-        let mut pfd = libc::pollfd {
-            fd: fds.sync_r,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        if libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLHUP != 0 {
-            libc::_exit(125);
         }
     }
     libc::close(fds.sync_r);

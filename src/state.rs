@@ -255,10 +255,7 @@ pub fn remove_dir(id: &str) -> Result<(), Error> {
 
 /// The start time of `pid` (`/proc/PID/stat` field 22), if it exists.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // Fields after the command: state is field 3, so start time (22) is index 19 here.
-    rest.split(' ').nth(19)?.parse().ok()
+    crate::cgroup::start_time(pid)
 }
 
 /// Whether `path` lies below the state root (a guard before removing host paths named in a
