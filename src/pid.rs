@@ -77,6 +77,11 @@ pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds) -> ! {
         plugin_main(plan, fds)
     }
     let plugin = child as libc::pid_t;
+    // The init never uses stdio: its copies would keep the host's pipes open after the
+    // plugin closed them (a plugin that closes stdout must give the host end of file).
+    for fd in 0..3 {
+        libc::close(fd);
+    }
     // The init needs no privilege to forward signals to and reap its own children.
     if let Err(err) = crate::capability::drop_all_but(0, plan.last_cap) {
         libc::kill(plugin, libc::SIGKILL);
