@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::BufReader;
 
 use crate::handshake::{self, Handshake};
-use crate::runner::{AddrTranslator, AttachedRunner, PipeReader, Runner};
+use crate::runner::{AttachedRunner, PipeReader, Runner};
 use crate::sandbox::SandboxRunner;
 
 /// A started plugin whose handshake was read and whose address was translated.
@@ -62,23 +62,19 @@ async fn handshake_inner(
         .stdout()
         .ok_or("the plugin's stdout is not a pipe (use Stdio::Pipe)")?;
     let mut out = BufReader::new(out);
-    let (line, hs) = match handshake::read_handshake(&mut out, timeout).await {
+    let host = match handshake::read_for_host(&mut out, timeout, &*runner).await {
         Ok(x) => x,
         Err(e) => {
             // Give a plugin that just died a moment to be reaped, so Diagnose can say how.
             let _ = tokio::time::timeout(Duration::from_millis(200), runner.wait()).await;
-            return Err(format!("plugin handshake failed: {e}"));
+            return Err(format!("plugin handshake refused: {e}"));
         }
     };
-    let (network, addr) = runner
-        .plugin_to_host(hs.network(), hs.addr())
-        .map_err(|e| format!("plugin handshake refused: {e}"))?;
-    let host_line = handshake::rewrite(&line, &network, &addr).map_err(|e| e.to_string())?;
     Ok(Connected {
-        handshake: hs,
-        host_line,
-        network,
-        addr,
+        handshake: host.handshake,
+        host_line: host.line,
+        network: host.network,
+        addr: host.addr,
         stdout: out,
     })
 }

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
+use crate::runner::AddrTranslator;
+
 /// The longest handshake line accepted, in bytes, *including* its line ending.
 ///
 /// A line carrying a server certificate (base64 DER) is typically 1–3 KiB; 64 KiB leaves room
@@ -131,12 +133,23 @@ pub enum HandshakeError {
     /// wants the same can [`parse`] `partial`, though the plugin is most likely gone.
     #[error(
         "plugin closed stdout before completing its go-plugin handshake line ({} byte(s) \
-         received{}): it most likely exited early",
-        partial.len(), preview(partial)
+         received{}): {}",
+        partial.len(), preview(partial),
+        if partial.is_empty() { "it most likely exited early" } else {
+            "a line with no newline at end of file is refused, as go-plugin would still read it \
+             as the handshake"
+        }
     )]
     Eof {
         /// The bytes received before end of file (a line without its newline, or nothing).
         partial: Vec<u8>,
+    },
+    /// The line is a handshake, but the address it announces must not reach the host (outside
+    /// the socket directory, a symlink, not a socket, TCP without a shared network, ...).
+    #[error("the go-plugin handshake announces an address the host must not use: {source}")]
+    AddrRefused {
+        /// Why the translator refused the address.
+        source: crate::error::AddrError,
     },
     /// Reading stdout failed.
     #[error("reading the go-plugin handshake line from the plugin's stdout failed: {source}")]
@@ -471,4 +484,80 @@ pub async fn read_handshake<R: AsyncBufRead + Unpin>(
     let line = read_handshake_line(r, timeout).await?;
     let hs = parse(&line)?;
     Ok((line, hs))
+}
+
+/// A handshake that may be passed on to the host: read, parsed, and rewritten to the address
+/// the translator handed out.
+#[derive(Debug, Clone)]
+pub struct HostHandshake {
+    /// The handshake as the plugin printed it.
+    pub handshake: Handshake,
+    /// The line to give the host: [`Handshake::raw`] with only `NETWORK` and `ADDR` replaced.
+    pub line: Vec<u8>,
+    /// The network the host connects with.
+    pub network: String,
+    /// The address on the host side.
+    pub addr: String,
+}
+
+/// Reads the plugin's first stdout line and returns it rewritten for the host, or why it
+/// must not reach the host at all.
+///
+/// This is the one gate both the CLI wrapper and [`crate::goplugin`] pass a handshake
+/// through. A go-plugin host takes the first line of stdout as the handshake whatever it
+/// holds (no UTF-8 check, a last line without newline, `\r\n`, surrounding whitespace), so
+/// the rule is: **a line is passed on only when it is a handshake that was parsed and whose
+/// address was translated and rewritten**. Every other outcome is an error, and the caller
+/// must stop the plugin instead of forwarding anything:
+///
+/// - not valid UTF-8 anywhere in the line ([`HandshakeError::NotUtf8`]);
+/// - end of file before a newline ([`HandshakeError::Eof`], with the unterminated bytes);
+/// - longer than [`MAX_HANDSHAKE_LINE`], before or after the rewrite
+///   ([`HandshakeError::TooLong`]);
+/// - not a handshake (too few parts, empty, bad `CORE`), or an address the translator
+///   refuses ([`HandshakeError::AddrRefused`]);
+/// - no line within `timeout`, or a read error.
+pub async fn read_for_host<R, T>(
+    r: &mut R,
+    timeout: Duration,
+    translator: &T,
+) -> Result<HostHandshake, HandshakeError>
+where
+    R: AsyncBufRead + Unpin,
+    T: AddrTranslator + ?Sized,
+{
+    let line = read_handshake_line(r, timeout).await?;
+    for_host(&line, translator)
+}
+
+/// The parsing half of [`read_for_host`]: `line` is one complete line as read from the
+/// plugin's stdout, which must end in `\n`.
+pub fn for_host<T>(line: &[u8], translator: &T) -> Result<HostHandshake, HandshakeError>
+where
+    T: AddrTranslator + ?Sized,
+{
+    if line.last() != Some(&b'\n') {
+        return Err(HandshakeError::Eof {
+            partial: line.to_vec(),
+        });
+    }
+    let handshake = parse(line)?;
+    let (network, addr) = translator
+        .plugin_to_host(handshake.network(), handshake.addr())
+        .map_err(|source| HandshakeError::AddrRefused { source })?;
+    let line = handshake.rewrite(&network, &addr)?;
+    // A longer host address could push the line past what a go-plugin host reads.
+    if line.len() > MAX_HANDSHAKE_LINE {
+        return Err(HandshakeError::TooLong {
+            len: line.len(),
+            max: MAX_HANDSHAKE_LINE,
+            partial: Vec::new(),
+        });
+    }
+    Ok(HostHandshake {
+        handshake,
+        line,
+        network,
+        addr,
+    })
 }

@@ -1279,9 +1279,15 @@ fn host_sigkilled_during_setup_leaves_no_orphan_and_cleanup_reclaims_the_rest() 
             "--profile",
             "go-plugin",
             "--",
-            "/bin/sh",
+            "/usr/bin/python3",
             "-c",
-            "echo ready; exec sleep 100",
+            // A go-plugin plugin: its socket, its handshake (the only first line the wrapper
+            // passes on), then it runs on.
+            "import os, socket, time\n\
+             p = os.environ['PLUGIN_UNIX_SOCKET_DIR'] + '/ready.sock'\n\
+             s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen()\n\
+             print('1|1|unix|' + p + '|grpc', flush=True)\n\
+             time.sleep(100)",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -1290,7 +1296,7 @@ fn host_sigkilled_during_setup_leaves_no_orphan_and_cleanup_reclaims_the_rest() 
     std::io::BufReader::new(host.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line, "ready\n");
+    assert!(line.starts_with("1|1|unix|/"), "{line:?}");
     let _ = host.kill();
     host.wait().unwrap();
     if let Err(survivors) = orphans_gone(Duration::from_secs(2)) {

@@ -44,6 +44,34 @@ fn plugin_main(mode: &str, arg: Option<&str>) -> i32 {
         o.flush().unwrap();
     };
     match mode {
+        // Write the hex-encoded bytes of `arg` to stdout, then: "raw" keeps running,
+        // "raw-exit" exits, "raw-close" closes stdout and keeps running.
+        "raw" | "raw-exit" | "raw-close" => {
+            // "HEX*N": then N bytes 'A' and a newline (an argument is at most 128 KiB).
+            let (hex, pad) = arg.unwrap().split_once('*').unwrap_or((arg.unwrap(), "0"));
+            let mut bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let pad: usize = pad.parse().unwrap();
+            if pad > 0 {
+                bytes.extend(std::iter::repeat(b'A').take(pad));
+                bytes.push(b'\n');
+            }
+            let mut o = out.lock();
+            o.write_all(&bytes).unwrap();
+            o.flush().unwrap();
+            drop(o);
+            match mode {
+                "raw-exit" => return 0,
+                "raw-close" => unsafe {
+                    libc::close(1);
+                },
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_secs(1000));
+            0
+        }
         "silent" => {
             std::thread::sleep(Duration::from_secs(1000));
             0
@@ -153,6 +181,173 @@ fn cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
 }
 
 // ---------------------------------------------------------------- the tests
+
+#[path = "common/gohost.rs"]
+mod gohost;
+
+/// What a go-plugin host does with the wrapper's stdout: reads the handshake as go-plugin
+/// does and dials it. Dials only the two test listeners (never any other address).
+fn go_host_dials(stdout: &[u8], host: &HostOnly, tcp: &std::net::TcpListener) {
+    if let Some((net, addr)) = gohost::go_plugin_dial_target(stdout) {
+        let addr = String::from_utf8_lossy(&addr).into_owned();
+        let tcp_addr = tcp.local_addr().unwrap().to_string();
+        match net.as_slice() {
+            b"unix" if addr == host.path.to_str().unwrap() => {
+                let _ = UnixStream::connect(&addr);
+            }
+            b"tcp" if addr == tcp_addr => {
+                let _ = std::net::TcpStream::connect(&addr);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The child's output, or a failure naming `what` when it has not exited within `limit` (a
+/// wrapper that forwarded a bypass keeps running with its plugin).
+fn wait_within(child: std::process::Child, limit: Duration, what: &str) -> std::process::Output {
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        true
+    });
+    let o = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !watchdog.join().unwrap(),
+        "{what:?}: the wrapper was still running after {limit:?} (it forwarded the line)"
+    );
+    o
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A hostile plugin's first line in every shape that used to slip past the rewrite (not
+/// UTF-8 after the fourth '|', no newline before end of file, over the reader's limit), plus
+/// the ones go-plugin trims: through the CLI wrapper and the library, nothing reaches the
+/// host, the plugin is stopped, and the reason is given.
+fn handshake_bypass_shapes_are_refused() {
+    std::env::set_var(COOKIE_KEY, COOKIE);
+    let host = HostOnly::new();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let h = host.path.to_str().unwrap().to_owned();
+    let t = tcp.local_addr().unwrap().to_string();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "raw",
+            [format!("1|1|unix|{h}|grpc|").as_bytes(), b"\xff\n"].concat(),
+            "not valid UTF-8",
+        ),
+        (
+            "raw",
+            [format!("1|1|tcp|{t}|grpc|").as_bytes(), b"\xff\n"].concat(),
+            "not valid UTF-8",
+        ),
+        (
+            "raw-exit",
+            format!("1|1|unix|{h}|grpc").into_bytes(),
+            "no newline at end of file",
+        ),
+        (
+            "raw-close",
+            format!("1|1|unix|{h}|grpc").into_bytes(),
+            "no newline at end of file",
+        ),
+        (
+            "raw-exit",
+            format!("1|1|tcp|{t}|grpc").into_bytes(),
+            "no newline at end of file",
+        ),
+        (
+            "raw",
+            format!("1|1|unix|{h}|grpc|").into_bytes(),
+            "longer than",
+        ),
+        (
+            "raw",
+            format!("1|1|tcp|{t}|grpc\n").into_bytes(),
+            "cannot cross",
+        ),
+        (
+            "raw",
+            format!(" +1|1|unix|{h}|grpc\u{a0}\r\n").into_bytes(),
+            "refused",
+        ),
+        (
+            "raw",
+            b"hello, not a handshake\n".to_vec(),
+            "expected at least 4",
+        ),
+    ];
+    let before = HostState::take();
+    let p = exe();
+    for (mode, line, why) in &cases {
+        let shown = String::from_utf8_lossy(&line[..line.len().min(60)]).into_owned();
+        // The over-long line: 70,000 bytes more on the same line.
+        let arg = match *why {
+            "longer than" => format!("{}*70000", hex(line)),
+            _ => hex(line),
+        };
+        let child = cli(
+            &[
+                "--profile",
+                "go-plugin",
+                "--",
+                p.to_str().unwrap(),
+                "plugin",
+                mode,
+                &arg,
+            ],
+            &[],
+        );
+        let o = wait_within(child, Duration::from_secs(30), &shown);
+        go_host_dials(&o.stdout, &host, &tcp);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(125), "{shown:?}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{shown:?} reached the host: {:?}",
+            o.stdout
+        );
+        assert!(
+            err.contains("refusing the plugin's handshake"),
+            "{shown:?}: {err}"
+        );
+        assert!(err.contains(why), "{shown:?}: expected {why:?} in {err}");
+        rt().block_on(async {
+            let mut r = runner(mode, Some(&arg));
+            let e = start_and_handshake(&mut r, Duration::from_secs(20))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("library passed {shown:?}"));
+            assert!(e.error.contains(why), "{shown:?}: {e}");
+        });
+        assert!(
+            !host.was_contacted(),
+            "{shown:?} reached the host-only socket"
+        );
+        assert!(
+            tcp.accept().is_err(),
+            "{shown:?} reached the host-only TCP listener"
+        );
+    }
+    before.assert_unchanged();
+}
 
 fn library_handshake_and_request() {
     std::env::set_var(COOKIE_KEY, COOKIE);
@@ -516,6 +711,10 @@ fn main() {
             refuses_a_symlink_to_a_host_socket,
         ),
         ("refuses_dotdot", refuses_dotdot),
+        (
+            "handshake_bypass_shapes_are_refused",
+            handshake_bypass_shapes_are_refused,
+        ),
         (
             "socket_swapped_for_a_symlink_never_reaches_the_host_socket",
             socket_swapped_for_a_symlink_never_reaches_the_host_socket,

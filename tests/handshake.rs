@@ -219,12 +219,13 @@ fn eof_before_newline() {
         .block_on(read_handshake(&mut r, Duration::from_secs(5)))
         .unwrap_err();
     assert!(matches!(&e, HandshakeError::Eof { partial } if partial == b"1|1|unix|/a|grpc"));
-    assert!(e.to_string().contains("exited early"), "{e}");
+    assert!(e.to_string().contains("no newline at end of file"), "{e}");
     let mut r = BufReader::new(&b""[..]);
     let e = rt
         .block_on(read_handshake(&mut r, Duration::from_secs(5)))
         .unwrap_err();
     assert!(matches!(&e, HandshakeError::Eof { partial } if partial.is_empty()));
+    assert!(e.to_string().contains("exited early"), "{e}");
 }
 
 #[test]
@@ -394,4 +395,289 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected error {}", e),
         }
     }
+}
+
+// ------------------------------------------------------------ the gate: forwarded => rewritten
+
+#[path = "common/gohost.rs"]
+mod gohost;
+
+use sandbox_runner::addr::SocketDir;
+use sandbox_runner::handshake::{for_host, read_for_host, HostHandshake};
+use std::os::unix::fs::MetadataExt;
+
+/// A real socket directory with one socket, `p.sock`, and a host-only socket beside it.
+struct Gate {
+    _tmp: tempfile::TempDir,
+    dir: SocketDir,
+    _plugin: std::os::unix::net::UnixListener,
+    plugin_ino: u64,
+    host_only: String,
+}
+
+const PLUGIN_ADDR: &str = "/run/plugin-sockets/p.sock";
+
+impl Gate {
+    fn new() -> Gate {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SocketDir::create(tmp.path(), None).unwrap();
+        let plugin = std::os::unix::net::UnixListener::bind(dir.host_dir().join("p.sock")).unwrap();
+        let plugin_ino = std::fs::metadata(dir.host_dir().join("p.sock"))
+            .unwrap()
+            .ino();
+        let host_only = tmp.path().join("host-only.sock");
+        let _ = std::os::unix::net::UnixListener::bind(&host_only).unwrap();
+        Gate {
+            host_only: host_only.to_str().unwrap().to_owned(),
+            _tmp: tmp,
+            dir,
+            _plugin: plugin,
+            plugin_ino,
+        }
+    }
+
+    /// Runs the gate over a whole stdout stream: what would reach the host (the rewritten
+    /// line and everything after it), or the refusal.
+    fn pass(&self, stdout: &[u8]) -> Result<(HostHandshake, Vec<u8>), HandshakeError> {
+        let mut r: &[u8] = stdout;
+        let h = rt().block_on(read_for_host(&mut r, Duration::from_secs(5), &self.dir))?;
+        let mut out = h.line.clone();
+        out.extend_from_slice(r);
+        Ok((h, out))
+    }
+
+    /// Asserts the property: whatever passes is, as a go-plugin host reads it, a unix address
+    /// in the links directory that leads to the plugin's verified socket.
+    fn assert_forwarded_is_rewritten(&self, out: &[u8], h: &HostHandshake) {
+        let (net, addr) = gohost::go_plugin_dial_target(out).expect("forwarded a non-handshake");
+        assert_eq!(net, b"unix");
+        assert_eq!(addr, h.addr.as_bytes());
+        let links = format!("{}/", self.dir.links_dir().display());
+        assert!(h.addr.starts_with(&links), "{} not in {links}", h.addr);
+        let md = std::fs::symlink_metadata(&h.addr).unwrap();
+        assert_eq!(
+            md.ino(),
+            self.plugin_ino,
+            "the link is not the plugin's socket"
+        );
+        assert!(std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()));
+    }
+}
+
+#[test]
+fn gate_refuses_every_bypass_shape() {
+    let g = Gate::new();
+    let host = g.host_only.clone();
+    let long = format!("1|1|unix|{host}|grpc|{}\n", "A".repeat(70_000));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        // A byte that is not UTF-8 after the fourth '|' (go-plugin has no UTF-8 check).
+        (
+            format!("1|1|unix|{host}|grpc|\u{1}")
+                .into_bytes()
+                .into_iter()
+                .chain(*b"\xff\n")
+                .collect(),
+            "not valid UTF-8",
+        ),
+        (
+            [format!("1|1|unix|{host}|").as_bytes(), b"gr\xffpc\n"].concat(),
+            "not valid UTF-8",
+        ),
+        // No newline before end of file: a go-plugin Scanner still returns the line.
+        (
+            format!("1|1|unix|{host}|grpc").into_bytes(),
+            "no newline at end of file",
+        ),
+        (
+            b"1|1|tcp|127.0.0.1:1|grpc".to_vec(),
+            "no newline at end of file",
+        ),
+        // Longer than the reader's limit.
+        (long.into_bytes(), "longer than"),
+        // TCP, and unix paths outside the socket directory, in every shape go-plugin trims.
+        (b"1|1|tcp|127.0.0.1:1|grpc\n".to_vec(), "cannot cross"),
+        (format!("1|1|unix|{host}|grpc\n").into_bytes(), "refused"),
+        (format!("1|1|unix|{host}|grpc\r\n").into_bytes(), "refused"),
+        (
+            format!(" \t\u{a0}+1|1|unix|{host}|grpc\u{3000}\r\n").into_bytes(),
+            "refused",
+        ),
+        (format!("1|1|unix|{host}\n").into_bytes(), "refused"),
+        (
+            format!("1|1|unix|/run/plugin-sockets/../..{host}|grpc\n").into_bytes(),
+            "refused",
+        ),
+        // Not a handshake at all.
+        (b"hello world\n".to_vec(), "expected at least 4"),
+        (b"\n".to_vec(), "empty"),
+        (
+            b"x|1|unix|/run/plugin-sockets/p.sock|grpc\n".to_vec(),
+            "not an integer",
+        ),
+    ];
+    for (stdout, why) in cases {
+        let shown = String::from_utf8_lossy(&stdout[..stdout.len().min(80)]).into_owned();
+        match g.pass(&stdout) {
+            Ok((h, _)) => panic!("passed {shown:?} as {:?}", h.addr),
+            Err(e) => assert!(e.to_string().contains(why), "{shown:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn gate_passes_every_shape_go_plugin_accepts() {
+    let g = Gate::new();
+    let cert = CERT;
+    for line in [
+        format!("1|1|unix|{PLUGIN_ADDR}|grpc\n"),
+        format!("1|1|unix|{PLUGIN_ADDR}|grpc\r\n"),
+        format!("1|1|unix|{PLUGIN_ADDR}\n"),
+        format!(" \t\u{a0}+1|1|unix|{PLUGIN_ADDR}|grpc \u{3000}\r\n"),
+        format!("1|5|unix|{PLUGIN_ADDR}|grpc|{cert}|true|future|more\n"),
+        format!("1|5|unix|{PLUGIN_ADDR}|grpc||\n"),
+    ] {
+        let mut stdout = line.clone().into_bytes();
+        stdout.extend_from_slice(b"after\n\xff raw bytes pass after the handshake");
+        let (h, out) = g.pass(&stdout).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        g.assert_forwarded_is_rewritten(&out, &h);
+        // Only the address changed, and the rest of stdout follows unchanged.
+        let expect = line.replace(PLUGIN_ADDR, &h.addr);
+        assert_eq!(h.line, expect.as_bytes());
+        assert!(out.ends_with(b"after\n\xff raw bytes pass after the handshake"));
+    }
+}
+
+#[test]
+fn gate_refuses_a_rewrite_that_would_outgrow_the_scanner() {
+    // The plugin's line fits; with the longer host address it would not: refused, since a
+    // go-plugin host would fail on it anyway and nothing half-read may reach it.
+    let g = Gate::new();
+    let prefix = format!("1|1|unix|{PLUGIN_ADDR}|grpc|");
+    let mut line = prefix.clone().into_bytes();
+    line.resize(MAX_HANDSHAKE_LINE - 1, b'A');
+    line.push(b'\n');
+    let e = g.pass(&line).unwrap_err();
+    assert!(matches!(e, HandshakeError::TooLong { .. }), "{e}");
+}
+
+/// Pieces an adversarial plugin might put in its first line.
+fn piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"1".to_vec()),
+        Just(b"+1".to_vec()),
+        Just(b"|".to_vec()),
+        Just(b"unix".to_vec()),
+        Just(b"tcp".to_vec()),
+        Just(b"grpc".to_vec()),
+        Just(PLUGIN_ADDR.as_bytes().to_vec()),
+        Just(b"/run/plugin-sockets/".to_vec()),
+        Just(b"../".to_vec()),
+        Just(b"/var/tmp/host-only.sock".to_vec()),
+        Just(b"127.0.0.1:1".to_vec()),
+        Just(b" ".to_vec()),
+        Just(b"\t".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just("\u{a0}".as_bytes().to_vec()),
+        Just("\u{85}".as_bytes().to_vec()),
+        Just("\u{3000}".as_bytes().to_vec()),
+        Just(b"\xff".to_vec()),
+        Just(b"\xc2".to_vec()),
+        Just(b"\xa0".to_vec()),
+        Just(b"\0".to_vec()),
+        Just(vec![b'A'; 70_000]),
+        proptest::collection::vec(any::<u8>(), 0..8),
+    ]
+}
+
+/// A line shaped like a handshake around the plugin's real socket, with decorations.
+fn near_handshake() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(piece(), 0..3),
+        proptest::collection::vec(piece(), 0..4),
+        proptest::collection::vec(piece(), 0..4),
+    )
+        .prop_map(|(pre, mid, post)| {
+            let mut v = pre.concat();
+            v.extend_from_slice(b"1|1|unix|");
+            v.extend_from_slice(PLUGIN_ADDR.as_bytes());
+            v.extend(mid.concat());
+            v.extend_from_slice(b"|grpc");
+            v.extend(post.concat());
+            v
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Forwarded => rewritten: whatever stdout a plugin writes, the gate either refuses, or
+    /// what it passes on is read by a go-plugin host as a unix address in the links directory
+    /// that leads to the plugin's own socket.
+    #[test]
+    fn gate_forwards_only_rewritten_handshakes(
+        stdout in prop_oneof![
+            proptest::collection::vec(piece(), 0..12).prop_map(|p| p.concat()),
+            near_handshake(),
+        ]
+    ) {
+        let g = Gate::new();
+        match g.pass(&stdout) {
+            Ok((h, out)) => g.assert_forwarded_is_rewritten(&out, &h),
+            Err(_) => {
+                // Refused: nothing reaches the host. A line go-plugin would dial as the
+                // plugin's own socket must not be refused, if it is terminated, UTF-8 and
+                // within the limit.
+                if let Some((net, addr)) = gohost::go_plugin_dial_target(&stdout) {
+                    let line = gohost::first_scanner_line(&stdout).unwrap();
+                    let plain = stdout.contains(&b'\n')
+                        && std::str::from_utf8(&stdout[..=stdout.iter().position(|&b| b == b'\n').unwrap()]).is_ok()
+                        && line.len() < MAX_HANDSHAKE_LINE - 200;
+                    prop_assert!(
+                        !(plain && net == b"unix" && addr == PLUGIN_ADDR.as_bytes()),
+                        "refused a handshake go-plugin accepts: {:?}",
+                        String::from_utf8_lossy(line)
+                    );
+                }
+            }
+        }
+    }
+
+    /// `for_host` refuses a line without its newline whatever it holds.
+    #[test]
+    fn gate_refuses_unterminated_lines(line in near_handshake()) {
+        let g = Gate::new();
+        let line: Vec<u8> = line.into_iter().filter(|&b| b != b'\n').collect();
+        prop_assert!(for_host(&line, &g.dir).is_err());
+    }
+}
+
+/// The go-plugin model itself, on shapes whose outcome in Go is known.
+#[test]
+fn model_matches_go_on_known_shapes() {
+    let t = gohost::go_plugin_dial_target;
+    assert_eq!(
+        t(b"1|1|unix|/a|grpc\n"),
+        Some((b"unix".to_vec(), b"/a".to_vec()))
+    );
+    assert_eq!(
+        t(b"1|1|unix|/a|grpc"),
+        Some((b"unix".to_vec(), b"/a".to_vec()))
+    );
+    assert_eq!(
+        t(b" +1|1|tcp|/a\r\n"),
+        Some((b"tcp".to_vec(), b"/a".to_vec()))
+    );
+    assert_eq!(
+        t(b"1|1|unix|/a \xc2\xa0\n"),
+        Some((b"unix".to_vec(), b"/a".to_vec()))
+    );
+    assert_eq!(
+        t(b"1|1|unix|/a\xa0\n"),
+        Some((b"unix".to_vec(), b"/a\xa0".to_vec()))
+    );
+    assert_eq!(t(b"\xff1|1|unix|/a\n"), None);
+    assert_eq!(t(b"1|1|unix\n1|1|unix|/a\n"), None);
+    assert_eq!(t(b""), None);
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-use sandbox_runner::handshake;
-use sandbox_runner::{AddrTranslator, PipeReader};
+use sandbox_runner::handshake::{self, HandshakeError};
+use sandbox_runner::PipeReader;
 use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
@@ -334,9 +334,15 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
         tokio::select! {
             res = &mut wait => {
                 // Every byte the plugin wrote reaches our stdout before we exit.
+                let mut refused = false;
                 if let Some(f) = forward.take() {
-                    if let Ok(Err(e)) = f.await {
-                        eprintln!("sandbox-run: {e}");
+                    match f.await {
+                        Ok(Err(RelayError::Refused(e))) => {
+                            eprintln!("sandbox-run: {e}");
+                            refused = true;
+                        }
+                        Ok(Err(RelayError::Io(e))) => eprintln!("sandbox-run: {e}"),
+                        _ => {}
                     }
                 }
                 let d = runner.diagnosis();
@@ -351,7 +357,11 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
                         if !status.success() {
                             eprintln!("sandbox-run: {}", d.text);
                         }
-                        status.code()
+                        if refused {
+                            125
+                        } else {
+                            status.code()
+                        }
                     }
                     Err(e) => {
                         eprintln!("sandbox-run: {e}");
@@ -366,9 +376,9 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
             }
             Some(res) = async { match forward.as_mut() { Some(f) => Some(f.await), None => None } } => {
                 forward = None;
-                if let Ok(Err(e)) = res {
-                    // A handshake that cannot be translated safely: stop the plugin rather
-                    // than let the host connect anywhere else.
+                // A first line that is not a rewritten handshake: stop the plugin rather than
+                // let the host connect anywhere else. A broken relay stops it too.
+                if let Ok(Err(RelayError::Refused(e) | RelayError::Io(e))) = res {
                     eprintln!("sandbox-run: {e}");
                     let _ = runner.kill().await;
                     return 125;
@@ -378,26 +388,37 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     }
 }
 
+/// How the stdout relay ended badly.
+enum RelayError {
+    /// The first line was not a handshake that could be rewritten: nothing was forwarded,
+    /// and the plugin must be stopped (exit 125).
+    Refused(String),
+    /// Reading the plugin's stdout or writing ours failed after the handshake.
+    Io(String),
+}
+
 /// Copies the plugin's stdout to ours, rewriting the address of the go-plugin handshake
 /// (its first line) to the host path; every other byte passes unchanged.
-async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(), String> {
+///
+/// The first line reaches our stdout only as a handshake that was parsed, translated and
+/// rewritten ([`handshake::read_for_host`]); anything else (not UTF-8, no newline before end
+/// of file, too long, not a handshake, a refused address) is [`RelayError::Refused`] with
+/// nothing written, since the host would read whatever comes first as the handshake.
+async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(), RelayError> {
     let mut r = tokio::io::BufReader::new(out);
     let mut w = tokio::io::stdout();
-    let io = |e: std::io::Error| format!("writing stdout: {e}");
-    match handshake::read_handshake_line(&mut r, Duration::MAX).await {
-        Ok(line) => match handshake::parse(&line) {
-            Ok(hs) => {
-                let (n, a) = runner
-                    .plugin_to_host(hs.network(), hs.addr())
-                    .map_err(|e| format!("refusing the plugin's handshake: {e}"))?;
-                let l = handshake::rewrite(&line, &n, &a).map_err(|e| e.to_string())?;
-                w.write_all(&l).await.map_err(io)?;
-            }
-            // Not a handshake: the host will say so; pass it on untouched.
-            Err(_) => w.write_all(&line).await.map_err(io)?,
-        },
-        Err(e) => w.write_all(e.partial()).await.map_err(io)?,
-    }
+    let io = |e: std::io::Error| RelayError::Io(format!("writing stdout: {e}"));
+    let host = match handshake::read_for_host(&mut r, Duration::MAX, &*runner).await {
+        Ok(host) => host,
+        // Nothing at all on stdout: nothing to refuse; the exit status tells the rest.
+        Err(HandshakeError::Eof { partial }) if partial.is_empty() => return Ok(()),
+        Err(e) => {
+            return Err(RelayError::Refused(format!(
+                "refusing the plugin's handshake (its first line on stdout) and stopping it: {e}"
+            )))
+        }
+    };
+    w.write_all(&host.line).await.map_err(io)?;
     // What the reader holds beyond the handshake line goes out as is.
     let rest = r.buffer().to_vec();
     w.write_all(&rest).await.map_err(io)?;
@@ -427,14 +448,14 @@ async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(
                     break Ok(());
                 }
             }
-            Err(e) => break Err(format!("reading the plugin's stdout: {e}")),
+            Err(e) => break Err(RelayError::Io(format!("reading the plugin's stdout: {e}"))),
         }
     };
     drop(tx);
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await
-        .map_err(|e| format!("stdout relay: {e}"))?
-        .map_err(|_| "stdout relay thread panicked".to_string())?;
+        .map_err(|e| RelayError::Io(format!("stdout relay: {e}")))?
+        .map_err(|_| RelayError::Io("stdout relay thread panicked".to_string()))?;
     written.map_err(io)?;
     read_result
 }
