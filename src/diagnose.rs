@@ -29,6 +29,12 @@ pub struct Diagnosis {
     pub limits: Option<Limits>,
     /// The cgroup counters and peak usage at the end (or now).
     pub counters: Option<Counters>,
+    /// The wall-clock limit it ran under (`[limits] timeout`, `--timeout`), in milliseconds.
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
+    /// Whether the runner stopped it because it reached that limit.
+    #[serde(default)]
+    pub timed_out: bool,
     /// One short paragraph that says what happened and why.
     pub text: String,
 }
@@ -97,6 +103,8 @@ impl Diagnosis {
             running,
             limits: None,
             counters: None,
+            time_limit_ms: None,
+            timed_out: false,
             text: String::new(),
         };
         d.text = d.render();
@@ -107,6 +115,14 @@ impl Diagnosis {
     pub fn with_cgroup(mut self, limits: Limits, counters: Counters) -> Self {
         self.limits = Some(limits);
         self.counters = Some(counters);
+        self.text = self.render();
+        self
+    }
+
+    /// Adds the wall-clock limit the plugin ran under, and whether it was stopped at it.
+    pub fn with_time_limit(mut self, limit: std::time::Duration, timed_out: bool) -> Self {
+        self.time_limit_ms = Some(limit.as_millis() as u64);
+        self.timed_out = timed_out;
         self.text = self.render();
         self
     }
@@ -153,7 +169,13 @@ impl Diagnosis {
             return format!("{p} was not started");
         };
         let reasons = self.reasons();
-        let mut text = format!("{p} {s}");
+        let mut text = match self.time_limit_ms.filter(|_| self.timed_out) {
+            Some(ms) => format!(
+                "{p} stopped at its time limit of {}; {s}",
+                crate::profile::format_duration(std::time::Duration::from_millis(ms))
+            ),
+            None => format!("{p} {s}"),
+        };
         if s.signal() == Some(libc::SIGSYS) {
             text.push_str(": the seccomp filter refused a system call");
         }
@@ -211,5 +233,32 @@ mod tests {
         assert_eq!(d.exit_code, Some(3));
         let json = serde_json::to_string(&d).unwrap();
         assert!(json.contains("\"exit_code\":3"), "{json}");
+    }
+
+    #[test]
+    fn a_time_limit_is_named() {
+        let term = Some(ExitStatus::Signaled {
+            signal: libc::SIGTERM,
+            core_dumped: false,
+        });
+        let d = Diagnosis::new("i", "sleep", term, None, false)
+            .with_time_limit(std::time::Duration::from_secs(30), true);
+        assert_eq!(
+            d.text,
+            "sleep stopped at its time limit of 30s; killed by SIGTERM"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["timed_out"], true);
+        assert_eq!(json["time_limit_ms"], 30_000);
+        // Under a limit it did not reach: the usual text.
+        let d = Diagnosis::new("i", "sh", Some(ExitStatus::Exited { code: 1 }), None, false)
+            .with_time_limit(std::time::Duration::from_secs(30), false);
+        assert_eq!(d.text, "sh exited with status 1");
+        // Older JSON without the fields still reads.
+        let old = r#"{"id":"i","program":"p","status":null,"exit_code":null,"signal_name":null,
+            "core_dumped":false,"setup_error":null,"running":false,"limits":null,
+            "counters":null,"text":"t"}"#;
+        let d: Diagnosis = serde_json::from_str(old).unwrap();
+        assert!(!d.timed_out && d.time_limit_ms.is_none());
     }
 }

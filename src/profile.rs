@@ -289,6 +289,11 @@ pub struct LimitsConfig {
     /// sandboxes under, instead of the caller's own cgroup.
     #[serde(default)]
     pub cgroup_parent: Option<AbsPath>,
+    /// Wall-clock limit, like `"30s"`, counted from the end of the start: at the limit the
+    /// runner sends SIGTERM, waits `kill_grace`, then kills the whole sandbox, and the
+    /// diagnosis names the limit. Not a cgroup limit (it creates no cgroup).
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
 }
 
 impl LimitsConfig {
@@ -625,25 +630,98 @@ impl TryFrom<String> for Grace {
     }
 }
 
-/// Parses `"2s"`, `"1.5s"`, `"500ms"` (at most one hour).
+/// Parses a kill grace period: `"2s"`, `"1.5s"`, `"500ms"`, `"1m"` (at most one hour); see
+/// [`parse_duration_upto`] for the format.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("'{s}' is not a duration like \"2s\" or \"500ms\"");
+    parse_duration_upto(s, Duration::from_secs(3600), "one hour")
+}
+
+/// Parses a duration: a decimal number (`30`, `1.5`) directly followed by a unit, `ms`, `s`,
+/// `m` (minutes) or `h` (hours), as in `"500ms"`, `"30s"`, `"5m"`, `"1h"`; at most `max`
+/// (named `max_text` in the error). The error names the bad value.
+pub fn parse_duration_upto(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("'{s}' is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\" (a number, then ms, s, m or h)")
+    };
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         return Err(bad());
     };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !v.is_finite() || v < 0.0 {
+    // Digits and at most one dot only: no sign, exponent, "inf" or "nan".
+    if num.is_empty()
+        || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || num.bytes().filter(|&b| b == b'.').count() > 1
+    {
         return Err(bad());
     }
+    let v: f64 = num.parse().map_err(|_| bad())?;
     let secs = v * scale;
-    if secs > 3600.0 {
-        return Err(format!("'{s}' is longer than one hour"));
+    if !secs.is_finite() || secs > max.as_secs_f64() {
+        return Err(format!("'{s}' is longer than {max_text}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The longest wall-clock limit accepted: 30 days.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A wall-clock limit, written like `"500ms"`, `"30s"`, `"5m"`, `"1h"` or `"1.5h"`: more
+/// than zero, at most 30 days ([`MAX_TIMEOUT`]).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct Timeout(pub Duration);
+
+impl Timeout {
+    /// Parses and checks a wall-clock limit (for `--timeout`); the error names the value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = parse_duration_upto(s, MAX_TIMEOUT, "30 days (720h)")?;
+        if d.is_zero() {
+            return Err(format!("'{s}': a time limit must be more than zero"));
+        }
+        Ok(Timeout(d))
+    }
+}
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Timeout::parse(&s)
+    }
+}
+
+/// A duration as a person would write it: `30s`, `5m`, `1h`, `1.5s`, `500ms`, `1h30m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return format!("{}µs", d.as_micros());
+    }
+    if ms % 1000 != 0 {
+        return if ms > 1000 && ms % 100 == 0 {
+            format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
+        } else {
+            format!("{ms}ms")
+        };
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 /// A file descriptor passed on purpose: 3 or above.
@@ -1020,8 +1098,47 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("7200s").is_err());
+        assert!(parse_duration("2h").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        let t = |s: &str| Timeout::parse(s).map(|t| t.0);
+        assert_eq!(t("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(t("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(t("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(t("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(t("720h").unwrap(), MAX_TIMEOUT);
+        for bad in [
+            "", "30", "s", "-1s", "1e3s", "inf s", "infs", "1..2s", " 3s", "3 s", "3d",
+        ] {
+            let e = t(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")), "{bad}: {e}");
+        }
+        assert!(t("0s").unwrap_err().contains("more than zero"));
+        assert!(t("721h").unwrap_err().contains("longer than 30 days"));
+        let p = Profile::from_toml_str("[limits]\ntimeout = \"30s\"\n", "p").unwrap();
+        assert_eq!(p.limits.timeout, Some(Timeout(Duration::from_secs(30))));
+        // A wall-clock limit alone needs no cgroup.
+        assert!(p.limits.is_empty());
+        let e = Profile::from_toml_str("[limits]\ntimeout = \"soon\"\n", "p").unwrap_err();
+        assert!(e.to_string().contains("'soon'"), "{e}");
+        assert!(e.to_string().contains("p:2:"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_written_back_readably() {
+        let f = |ms: u64| format_duration(Duration::from_millis(ms));
+        assert_eq!(f(30_000), "30s");
+        assert_eq!(f(300_000), "5m");
+        assert_eq!(f(3_600_000), "1h");
+        assert_eq!(f(5_400_000), "1h30m");
+        assert_eq!(f(500), "500ms");
+        assert_eq!(f(1500), "1.5s");
+        assert_eq!(f(1250), "1250ms");
     }
 
     #[test]
