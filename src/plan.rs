@@ -228,7 +228,7 @@ impl Plan {
             ),
             crate::landlock::Decision::Skip(warning) => {
                 if let Some(w) = warning {
-                    eprintln!("sandbox-run: {w}");
+                    tracing::warn!("{w}");
                 }
                 None
             }

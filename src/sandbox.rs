@@ -3,11 +3,13 @@
 use async_trait::async_trait;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::io::Interest;
+use tracing::Instrument;
 
 use nix::errno::Errno;
 use rustix::process::{pidfd_send_signal, Signal, WaitId, WaitIdOptions};
@@ -49,7 +51,13 @@ pub struct SandboxRunner {
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
-    running: Option<Running>,
+    running: Option<Arc<Running>>,
+    /// The `start` span, opened with the plan and closed at the end of [`Runner::start`].
+    start_span: Option<tracing::Span>,
+    /// The task that stops the sandbox at its wall-clock limit (`[limits] timeout`).
+    timer: Option<tokio::task::JoinHandle<()>>,
+    /// Set when that task stopped the sandbox.
+    timed_out: Arc<AtomicBool>,
     out: Option<PipeReader>,
     err: Option<PipeReader>,
     input: Option<PipeWriter>,
@@ -95,6 +103,9 @@ impl SandboxRunner {
         } else {
             None
         };
+        // Planning is the first phase of the start span (closed when start() ends).
+        let start_span = tracing::info_span!("start", id = %id);
+        let plan_span = tracing::info_span!(parent: &start_span, "plan").entered();
         let plan = Plan::with_socket_dir(
             &profile,
             program.as_ref(),
@@ -102,6 +113,7 @@ impl SandboxRunner {
             &|k| std::env::var_os(k),
             socket_host.as_ref().map(|(p, _)| p.as_path()),
         )?;
+        drop(plan_span);
         let stdin = match profile.stdin {
             StdinMode::Null => Stdio::Null,
             StdinMode::Inherit => Stdio::Inherit,
@@ -116,6 +128,9 @@ impl SandboxRunner {
             stdout: Stdio::Pipe,
             stderr: Stdio::Pipe,
             running: None,
+            start_span: Some(start_span),
+            timer: None,
+            timed_out: Arc::new(AtomicBool::new(false)),
             out: None,
             err: None,
             input: None,
@@ -181,11 +196,51 @@ impl SandboxRunner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let d = Diagnosis::new(&self.id, &self.name, status, setup, running);
+        let mut d = Diagnosis::new(&self.id, &self.name, status, setup, running);
+        if let Some(t) = self.profile.limits.timeout {
+            d = d.with_time_limit(t.0, self.timed_out());
+        }
         match self.running.as_ref().and_then(|r| r.counters()) {
             Some(c) => d.with_cgroup(self.profile.limits.to_limits(), c),
             None => d,
         }
+    }
+
+    /// True when the sandbox was stopped because it reached its wall-clock limit
+    /// (`[limits] timeout`).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::SeqCst)
+    }
+
+    /// Arms the wall-clock limit, if the profile sets one: when it passes with the plugin
+    /// still running, the sandbox is stopped as [`AttachedRunner::kill`] does (SIGTERM, the
+    /// grace period, then SIGKILL of everything). The task holds the sandbox only weakly, so
+    /// dropping the runner still kills it at once.
+    fn arm_timeout(&mut self) {
+        let (Some(limit), Some(r)) = (self.profile.limits.timeout, self.running.as_ref()) else {
+            return;
+        };
+        let running = Arc::downgrade(r);
+        let grace = self.profile.kill_grace.0;
+        let fired = self.timed_out.clone();
+        let id = self.id.clone();
+        self.timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(limit.0).await;
+            let Some(r) = running.upgrade() else { return };
+            // Ended on its own just in time: not a timeout.
+            if !matches!(
+                r.try_reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG),
+                Ok(None)
+            ) {
+                return;
+            }
+            fired.store(true, Ordering::SeqCst);
+            let limit = crate::profile::format_duration(limit.0);
+            tracing::info!(%id, %limit, "time limit reached: stopping the sandbox");
+            if let Err(e) = r.kill(grace).await {
+                tracing::warn!(%id, error = %e, "stopping the sandbox at its time limit");
+            }
+        }));
     }
 
     /// The gid of the profile's socket group, if one is named.
@@ -285,6 +340,7 @@ impl SandboxRunner {
     }
 
     async fn start_inner(&mut self) -> Result<(), Error> {
+        let setup_span = tracing::info_span!("setup").entered();
         for &fd in self.plan.pass_fds() {
             match fd_kind(fd) {
                 Err(e) => {
@@ -404,7 +460,9 @@ impl SandboxRunner {
             host_pid: host_pid_in_proc_view(),
         };
         child_side.extend([err_w, status_w, sync_r]);
+        drop(setup_span);
 
+        let cgroup_span = tracing::info_span!("cgroup").entered();
         // The cgroup exists, with its limits, before the child does (and stale cgroups of
         // crashed hosts are reclaimed on the way).
         let cgroup = if self.profile.limits.is_empty() {
@@ -442,15 +500,18 @@ impl SandboxRunner {
             None => None,
         };
         let placed_by_clone = placement.is_some();
+        drop(cgroup_span);
         // Nothing left to do between the clone and the child's first step (placed at birth,
         // no uid maps to write, no state to record): the spawner lets it go at once.
         let release =
             (placed_by_clone || cgroup.is_none()) && !self.plan.rootless() && !self.plan.detach;
+        let clone_span = tracing::info_span!("clone");
         let Spawned {
             pid,
             pidfd,
             released,
         } = spawn::spawn(self.plan.clone(), fds, child_side, placement, release)
+            .instrument(clone_span.clone())
             .await
             .map_err(|e| match e {
                 spawn::SpawnError::Clone(errno) => {
@@ -462,6 +523,7 @@ impl SandboxRunner {
                 }
                 .into(),
             })?;
+        let clone_steps = clone_span.enter();
         set_nonblocking(&status_r)?;
         // From here on, dropping `running` (an error, or a cancelled start) kills and reaps.
         let running = Running {
@@ -499,7 +561,10 @@ impl SandboxRunner {
         if running.detached {
             self.write_state(pid)?;
         }
+        drop(clone_steps);
+        drop(clone_span);
         // Let the child go on, then learn whether it reached execve.
+        let exec_span = tracing::info_span!("exec");
         if !released {
             write_all(&sync_w, &[1])?;
         }
@@ -508,8 +573,10 @@ impl SandboxRunner {
             .map_err(|e| Error::host("error pipe", e))?;
         let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
         rx.read_to_end(&mut rec)
+            .instrument(exec_span.clone())
             .await
             .map_err(|e| Error::host("reading the error pipe", e))?;
+        drop(exec_span);
         if rec.len() >= STEP_ERROR_LEN {
             // SAFETY: StepError is plain old data of exactly STEP_ERROR_LEN bytes.
             let se: StepError = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
@@ -544,7 +611,7 @@ impl SandboxRunner {
         if self.stderr == Stdio::Pipe {
             self.err = err;
         }
-        self.running = Some(running);
+        self.running = Some(Arc::new(running));
         Ok(())
     }
 }
@@ -732,6 +799,9 @@ impl Drop for SandboxRunner {
     fn drop(&mut self) {
         // The sandbox first (a started, attached one is killed and reaped), then its
         // socket directory, which the plugin can no longer touch.
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
         drop(self.running.take());
         if let Some(sd) = self.sockets.take() {
             let links = sd.links_dir().to_path_buf();
@@ -825,9 +895,16 @@ impl Runner for SandboxRunner {
         if self.running.is_some() {
             return Err(Error::State("the sandbox was already started"));
         }
-        let res = self.start_inner().await;
-        if let Err(e) = &res {
-            *self.setup_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        let span = self
+            .start_span
+            .take()
+            .unwrap_or_else(|| tracing::info_span!("start", id = %self.id));
+        let res = self.start_inner().instrument(span).await;
+        match &res {
+            Err(e) => {
+                *self.setup_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+            Ok(()) => self.arm_timeout(),
         }
         res
     }
