@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use serde_json::{json, Value};
 
 /// The namespace kinds reported, as (name in `/proc/self/ns`, clone flag).
 const NAMESPACES: [(&str, libc::c_int); 7] = [
@@ -515,6 +516,49 @@ fn controller_state(
     ControllerState::Missing
 }
 
+/// What to do about a wanted controller that cannot be used as it is, if anything.
+fn controller_note(ctrl: &str, state: &ControllerState, v2_dir: Option<&Path>) -> Option<String> {
+    match state {
+        ControllerState::V1 {
+            mount,
+            own_path,
+            dir,
+            writable,
+        } => match (dir, writable) {
+            (Some(_), Some(Ok(()))) => None,
+            (Some(d), Some(Err(e))) => Some(format!(
+                "{ctrl}: own v1 cgroup dir {} is not writable ({e})",
+                d.display()
+            )),
+            _ => Some(format!(
+                "{ctrl}: own v1 cgroup {} is not visible under {}",
+                own_path.as_deref().unwrap_or("(not in /proc/self/cgroup)"),
+                mount.display()
+            )),
+        },
+        ControllerState::V2Delegated => None,
+        ControllerState::V2Enableable => {
+            let dir = v2_dir.map(|d| d.display().to_string()).unwrap_or_default();
+            Some(format!(
+                "{ctrl}: enable with `echo +{ctrl} > {dir}/cgroup.subtree_control` (the own \
+                 cgroup must first have no processes of its own: move them to a leaf)"
+            ))
+        }
+        ControllerState::Missing => {
+            let hint = match v2_dir {
+                Some(d) => format!(
+                    "delegate it to {} (systemd: `Delegate=yes` on the unit, or \
+                     `systemd-run --user -p Delegate=yes ...`; otherwise \
+                     `echo +{ctrl} > <parent>/cgroup.subtree_control` in each ancestor)",
+                    d.display()
+                ),
+                None => format!("mount a cgroup v1 hierarchy with the {ctrl} controller"),
+            };
+            Some(format!("{ctrl}: missing; {hint}"))
+        }
+    }
+}
+
 /// The unprivileged user namespace sysctls.
 struct UsernsReport {
     unprivileged_userns_clone: Result<String, String>,
@@ -779,7 +823,6 @@ impl Report {
     fn fmt_cgroups(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cg = &self.cgroups;
         writeln!(f, "cgroups:")?;
-        let mut notes = Vec::new();
         match &cg.mountinfo {
             Err(e) => writeln!(f, "  mounts: unavailable (/proc/self/mountinfo: {e})")?,
             Ok(mounts) => {
@@ -874,19 +917,9 @@ impl Report {
                     let dir_text = match (dir, writable) {
                         (Some(d), Some(Ok(()))) => format!("dir {} writable", d.display()),
                         (Some(d), Some(Err(e))) => {
-                            notes.push(format!(
-                                "{ctrl}: own v1 cgroup dir {} is not writable ({e})",
-                                d.display()
-                            ));
                             format!("dir {} not writable ({e})", d.display())
                         }
-                        _ => {
-                            notes.push(format!(
-                                "{ctrl}: own v1 cgroup {own} is not visible under {}",
-                                mount.display()
-                            ));
-                            "dir not visible under the mount".to_owned()
-                        }
+                        _ => "dir not visible under the mount".to_owned(),
                     };
                     writeln!(
                         f,
@@ -898,37 +931,19 @@ impl Report {
                     f,
                     "  controller {ctrl}: v2, delegated (in cgroup.subtree_control)"
                 )?,
-                ControllerState::V2Enableable => {
-                    let dir = v2_dir
-                        .as_deref()
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_default();
-                    writeln!(
-                        f,
-                        "  controller {ctrl}: v2, available (in cgroup.controllers), not enabled \
-                         in cgroup.subtree_control"
-                    )?;
-                    notes.push(format!(
-                        "{ctrl}: enable with `echo +{ctrl} > {dir}/cgroup.subtree_control` (the own \
-                         cgroup must first have no processes of its own: move them to a leaf)"
-                    ));
-                }
-                ControllerState::Missing => {
-                    writeln!(f, "  controller {ctrl}: missing")?;
-                    let hint = match &v2_dir {
-                        Some(d) => format!(
-                            "delegate it to {} (systemd: `Delegate=yes` on the unit, or \
-                             `systemd-run --user -p Delegate=yes ...`; otherwise \
-                             `echo +{ctrl} > <parent>/cgroup.subtree_control` in each ancestor)",
-                            d.display()
-                        ),
-                        None => format!("mount a cgroup v1 hierarchy with the {ctrl} controller"),
-                    };
-                    notes.push(format!("{ctrl}: missing; {hint}"));
-                }
+                ControllerState::V2Enableable => writeln!(
+                    f,
+                    "  controller {ctrl}: v2, available (in cgroup.controllers), not enabled \
+                     in cgroup.subtree_control"
+                )?,
+                ControllerState::Missing => writeln!(f, "  controller {ctrl}: missing")?,
             }
         }
-        for note in notes {
+        for note in cg
+            .wanted
+            .iter()
+            .filter_map(|(c, st)| controller_note(c, st, v2_dir.as_deref()))
+        {
             writeln!(f, "  note: {note} (not needed by the default profile yet)")?;
         }
         Ok(())
@@ -1017,6 +1032,245 @@ impl Report {
             }
         }
         Ok(())
+    }
+}
+
+/// `(value, error)`: the value of a probe that worked, else `null` and the reason.
+fn fact<T: serde::Serialize, E: fmt::Display>(r: &Result<T, E>) -> (Value, Value) {
+    match r {
+        Ok(v) => (json!(v), Value::Null),
+        Err(e) => (Value::Null, json!(e.to_string())),
+    }
+}
+
+/// `(ok, error)` of a probe with no value.
+fn probe<E: fmt::Display>(r: &Result<(), E>) -> (bool, Value) {
+    match r {
+        Ok(()) => (true, Value::Null),
+        Err(e) => (false, json!(e.to_string())),
+    }
+}
+
+impl Report {
+    /// Every fact of the report, and the verdict, as one JSON object (what
+    /// `sandbox-run check --json` prints; the README lists every field). A fact that could
+    /// not be read is `null`, with the reason in the `..._error` field next to it.
+    pub fn to_json(&self) -> Value {
+        let (kernel, kernel_error) = fact(&self.kernel);
+        let (cap_eff, cap_eff_error) = fact(&self.cap_eff.as_ref().map(|c| format!("{c:016x}")));
+        let caps_missing: Option<Vec<String>> = match (&self.cap_eff, self.cap_last_cap) {
+            (Ok(caps), Some(last)) if last < 64 => Some(
+                (0..=last)
+                    .filter(|b| caps & (1 << b) == 0)
+                    .map(cap_name)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let namespaces: Vec<Value> = self
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let (present, present_error) = probe(&ns.present);
+                let (can_create, create_error) = probe(&ns.create);
+                json!({
+                    "name": ns.name,
+                    "present": present,
+                    "present_error": present_error,
+                    "can_create": can_create,
+                    "create_error": create_error,
+                })
+            })
+            .collect();
+        let (default_ns_ok, default_ns_error) = probe(&self.default_ns);
+        let cg = &self.cgroups;
+        let (mounts, mounts_error) = fact(&cg.mountinfo.as_ref().map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    json!({
+                        "version": match m.version { CgroupVersion::V1 => 1, CgroupVersion::V2 => 2 },
+                        "mount_point": m.mount_point,
+                        "root": m.root,
+                        "controllers": m.controllers,
+                        "name": m.name,
+                        "options": m.super_options,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }));
+        let mode = cg.mountinfo.as_ref().ok().map(|ms| match cgroup_mode(ms) {
+            CgroupMode::Unified { path } => json!({"kind": "unified", "cgroup2": path}),
+            CgroupMode::Hybrid { unified } => json!({"kind": "hybrid", "cgroup2": unified}),
+            CgroupMode::Legacy => json!({"kind": "legacy", "cgroup2": null}),
+            CgroupMode::None => json!({"kind": "none", "cgroup2": null}),
+        });
+        let (own, own_error) = fact(&cg.own.as_ref().map(|os| {
+            os.iter()
+                .map(|o| {
+                    json!({
+                        "hierarchy_id": o.hierarchy_id,
+                        "v2": o.is_v2(),
+                        "controllers": o.controllers,
+                        "name": o.name,
+                        "path": o.path,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }));
+        let v2_own = match &cg.v2 {
+            None => Value::Null,
+            Some(Err(e)) => json!({"dir": null, "error": e}),
+            Some(Ok(v2)) => {
+                let (controllers, controllers_error) = fact(&v2.controllers);
+                let (subtree, subtree_error) = fact(&v2.subtree_control);
+                let (writable, writable_error) = probe(&v2.writable);
+                json!({
+                    "dir": v2.dir,
+                    "error": null,
+                    "controllers": controllers,
+                    "controllers_error": controllers_error,
+                    "subtree_control": subtree,
+                    "subtree_control_error": subtree_error,
+                    "writable": writable,
+                    "writable_error": writable_error,
+                })
+            }
+        };
+        let v2_dir = match &cg.v2 {
+            Some(Ok(v2)) => Some(v2.dir.clone()),
+            _ => None,
+        };
+        let controllers: Vec<Value> = cg
+            .wanted
+            .iter()
+            .map(|(ctrl, st)| {
+                let note = controller_note(ctrl, st, v2_dir.as_deref());
+                match st {
+                    ControllerState::V1 {
+                        mount,
+                        own_path,
+                        dir,
+                        writable,
+                    } => json!({
+                        "name": ctrl,
+                        "state": "v1",
+                        "mount": mount,
+                        "own_path": own_path,
+                        "dir": dir,
+                        "writable": matches!(writable, Some(Ok(()))),
+                        "writable_error": match writable {
+                            Some(Err(e)) => json!(e.to_string()),
+                            _ => Value::Null,
+                        },
+                        "note": note,
+                    }),
+                    ControllerState::V2Delegated => {
+                        json!({"name": ctrl, "state": "v2_delegated", "note": note})
+                    }
+                    ControllerState::V2Enableable => {
+                        json!({"name": ctrl, "state": "v2_enableable", "note": note})
+                    }
+                    ControllerState::Missing => {
+                        json!({"name": ctrl, "state": "missing", "note": note})
+                    }
+                }
+            })
+            .collect();
+        let seccomp_mode = match self.seccomp_mode {
+            Ok(0) => json!("not filtered"),
+            Ok(1) => json!("strict"),
+            Ok(2) => json!("filter"),
+            Ok(_) => json!("unknown"),
+            Err(_) => Value::Null,
+        };
+        let (seccomp_actions, seccomp_actions_error) = fact(
+            &self
+                .seccomp_actions
+                .as_ref()
+                .map(|a| a.split_whitespace().collect::<Vec<_>>()),
+        );
+        let (landlock_abi, landlock_error) = fact(&self.landlock);
+        let (pidfd_ok, pidfd_error) = probe(&self.pidfd);
+        let (clone3_ok, clone3_error) = probe(&self.clone3);
+        let (close_range_ok, close_range_error) = probe(&self.close_range);
+        let u = &self.userns;
+        let (unpriv, unpriv_error) = fact(&u.unprivileged_userns_clone);
+        let (max_userns, max_userns_error) = fact(&u.max_user_namespaces);
+        let (apparmor, apparmor_error) = fact(&u.apparmor_restrict);
+        let (userns_ok, userns_error) = probe(&u.create);
+        let rootless = match self.rootless_problems() {
+            None => Value::Null,
+            Some(p) => json!({
+                "rootless_profile_runs": p.is_empty(),
+                "rootless_profile_problems": p,
+                "default_limits_ok": matches!(self.rootless_limits, Some(Ok(()))),
+                "default_limits_error": match &self.rootless_limits {
+                    Some(Err(e)) => json!(e),
+                    _ => Value::Null,
+                },
+            }),
+        };
+        let problems = self.problems();
+        json!({
+            "kernel": kernel,
+            "kernel_error": kernel_error,
+            "identity": {
+                "uid": self.uid,
+                "euid": self.euid,
+                "root": self.euid == 0,
+                "cap_eff": cap_eff,
+                "cap_eff_error": cap_eff_error,
+                "cap_count": self.cap_eff.as_ref().ok().map(|c| c.count_ones()),
+                "caps_missing": caps_missing,
+                "cap_sys_admin": self.cap_eff.as_ref().ok().map(|c| c & (1 << CAP_SYS_ADMIN) != 0),
+            },
+            "namespaces": namespaces,
+            "default_namespaces": {
+                "names": DEFAULT_NS_NAMES,
+                "can_create": default_ns_ok,
+                "error": default_ns_error,
+            },
+            "cgroups": {
+                "mode": mode,
+                "mounts": mounts,
+                "mounts_error": mounts_error,
+                "own": own,
+                "own_error": own_error,
+                "v2_own": v2_own,
+                "controllers": controllers,
+            },
+            "seccomp": {
+                "supported": self.seccomp_mode.is_ok(),
+                "this_process": seccomp_mode,
+                "error": self.seccomp_mode.err().map(|e| e.to_string()),
+                "actions": seccomp_actions,
+                "actions_error": seccomp_actions_error,
+            },
+            "landlock": {
+                "supported": self.landlock.is_ok(),
+                "abi": landlock_abi,
+                "error": landlock_error,
+            },
+            "pidfd_open": { "ok": pidfd_ok, "error": pidfd_error },
+            "clone3": { "ok": clone3_ok, "error": clone3_error },
+            "close_range": { "ok": close_range_ok, "error": close_range_error },
+            "user_namespaces": {
+                "unprivileged_userns_clone": unpriv,
+                "unprivileged_userns_clone_error": unpriv_error,
+                "max_user_namespaces": max_userns,
+                "max_user_namespaces_error": max_userns_error,
+                "apparmor_restrict_unprivileged_userns": apparmor,
+                "apparmor_restrict_unprivileged_userns_error": apparmor_error,
+                "conclusion": u.conclusion(),
+                "can_create": userns_ok,
+                "create_error": userns_error,
+            },
+            "rootless": rootless,
+            "verdict": {
+                "default_profile_runs": problems.is_empty(),
+                "problems": problems,
+            },
+        })
     }
 }
 
