@@ -2,7 +2,7 @@
 //!
 //! Exit status: the program's own code; `128+N` when it died from signal N; 125 when the
 //! sandbox could not be set up; 126 when the program is not executable; 127 when it is not
-//! found; 2 for a usage error.
+//! found; 124 when it was stopped at its time limit (`--timeout`); 2 for a usage error.
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::ffi::OsString;
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use sandbox_runner::pid::FORWARDED;
 use sandbox_runner::profile::{
-    parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, Size, StdinMode,
+    parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, Size, StdinMode, Timeout,
 };
 use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
 
@@ -27,11 +27,16 @@ use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
     name = "sandbox-run",
     version,
     args_conflicts_with_subcommands = true,
-    override_usage = "sandbox-run [OPTIONS] -- PROGRAM [ARGS...]\n       sandbox-run check"
+    override_usage = "sandbox-run [OPTIONS] -- PROGRAM [ARGS...]\n       sandbox-run check [--json] [--cleanup]\n       sandbox-run ps [--json]\n       sandbox-run kill ID\n       sandbox-run completions bash|zsh|fish"
 )]
 struct Cli {
     #[command(subcommand)]
     sub: Option<Sub>,
+
+    /// More output on stderr: -v shows the start phases with their durations, -vv debug
+    /// events too. SANDBOX_RUN_LOG (a tracing env-filter, e.g. `debug`) overrides it.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
 
     /// Profile: the name of a built-in profile, or the path of a TOML file.
     #[arg(long, value_name = "NAME|PATH", default_value = "default")]
@@ -73,6 +78,11 @@ struct Cli {
     #[arg(long, value_name = "FLOAT")]
     cpus: Option<f64>,
 
+    /// Wall-clock limit, like 500ms, 30s, 5m or 1h: then SIGTERM, the grace period, and
+    /// SIGKILL of the whole sandbox; exit status 124.
+    #[arg(long, value_name = "DURATION", value_parser = Timeout::parse, conflicts_with = "detach")]
+    timeout: Option<Timeout>,
+
     /// Write the diagnosis (exit status, limits, cgroup counters, text) as JSON to PATH when
     /// the program ends.
     #[arg(long, value_name = "PATH")]
@@ -104,14 +114,29 @@ enum Sub {
         /// Also reclaim what crashed hosts left behind: stale cgroups and sandbox state.
         #[arg(long)]
         cleanup: bool,
+        /// Print every fact and the verdict as one JSON object (fields in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// List detached sandboxes.
-    Ps,
+    Ps {
+        /// Print a JSON array of objects: id, pid, state, program, start_time, cgroups.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a detached sandbox: SIGTERM, then after its grace period SIGKILL of everything.
     Kill {
         /// The sandbox ID printed by `--detach`.
         id: String,
     },
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `sandbox-run man > sandbox-run.1`.
+    #[command(hide = true)]
+    Man,
 }
 
 fn parse_env(s: &str) -> Result<(EnvName, EnvValue), String> {
@@ -184,16 +209,22 @@ fn main() -> ExitCode {
     cli.ro_bind.clear();
     cli.bind.clear();
     cli.tmpfs.clear();
-    if let Some(Sub::Check { cleanup }) = cli.sub {
+    init_logging(cli.verbose);
+    if let Some(Sub::Check { cleanup, json }) = cli.sub {
         if cleanup {
-            let code = self::cleanup();
+            let code = self::cleanup(json);
             if code != 0 {
                 return ExitCode::from(code);
             }
         }
         let report = sandbox_runner::check::Report::gather();
         // A closed stdout (`check | head`) is not an error worth a panic.
-        let _ = write!(std::io::stdout(), "{report}");
+        if json {
+            let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+            let _ = writeln!(std::io::stdout(), "{text}");
+        } else {
+            let _ = write!(std::io::stdout(), "{report}");
+        }
         return if report.default_profile_runs() {
             ExitCode::SUCCESS
         } else {
@@ -201,8 +232,27 @@ fn main() -> ExitCode {
         };
     }
     match cli.sub {
-        Some(Sub::Ps) => return ps(),
+        Some(Sub::Ps { json }) => return ps(json),
         Some(Sub::Kill { ref id }) => return kill(id),
+        Some(Sub::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "sandbox-run", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Sub::Man) => {
+            let mut out = Vec::new();
+            let man = clap_mangen::Man::new(Cli::command());
+            return match man.render(&mut out) {
+                Ok(()) => {
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sandbox-run: rendering the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         _ => {}
     }
     if cli.command.is_empty() {
@@ -242,6 +292,9 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     if let Some(c) = cli.cpus {
         profile.limits.cpus = Some(c);
     }
+    if let Some(t) = cli.timeout {
+        profile.limits.timeout = Some(t);
+    }
     let diagnose_json = cli.diagnose_json.clone();
     for (k, v) in cli.env {
         profile.env.set.insert(k, v);
@@ -264,6 +317,15 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
     if cli.detach {
         profile.detach = true;
         profile.stdin = StdinMode::Null;
+    }
+    if profile.detach {
+        if let Some(t) = profile.limits.timeout.take() {
+            tracing::warn!(
+                "the profile's timeout ({}) does not apply to a detached sandbox: no host \
+                 stays to time it",
+                sandbox_runner::profile::format_duration(t.0)
+            );
+        }
     }
     if cli.rootless {
         profile.rootless = sandbox_runner::profile::RootlessMode::Always;
@@ -353,6 +415,11 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
                     }
                 }
                 return match res {
+                    // Stopped at its time limit: like timeout(1).
+                    Ok(_) if runner.timed_out() => {
+                        eprintln!("sandbox-run: {}", d.text);
+                        EXIT_TIMEOUT
+                    }
                     Ok(status) => {
                         if !status.success() {
                             eprintln!("sandbox-run: {}", d.text);
@@ -460,12 +527,47 @@ async fn forward_stdout(out: PipeReader, runner: Arc<SandboxRunner>) -> Result<(
     read_result
 }
 
+/// The exit status when the program was stopped at its time limit, as timeout(1) uses.
+const EXIT_TIMEOUT: i32 = 124;
+
 /// The read size of the stdout relay after the handshake line.
 const RELAY_CHUNK: usize = 256 * 1024;
 
-/// `sandbox-run ps`: one line per detached sandbox.
-fn ps() -> ExitCode {
+/// `sandbox-run ps`: one line per detached sandbox, or (`--json`) one JSON array of objects
+/// with the fields `id`, `pid`, `state`, `program`, `start_time`, `cgroups` and `error`.
+fn ps(json: bool) -> ExitCode {
     let mut out = std::io::stdout();
+    if json {
+        for id in sandbox_runner::state::reclaim_stale() {
+            eprintln!("cleanup: removed the state left by a dead host for {id}");
+        }
+        let list: Vec<serde_json::Value> = sandbox_runner::state::SandboxState::list()
+            .into_iter()
+            .map(|(id, st)| match st {
+                Ok(s) => serde_json::json!({
+                    "id": id,
+                    "pid": s.init_pid,
+                    "state": if s.open_init().is_ok() { "running" } else { "stale" },
+                    "program": s.program,
+                    "start_time": s.created,
+                    "cgroups": s.cgroups,
+                    "error": null,
+                }),
+                Err(e) => serde_json::json!({
+                    "id": id,
+                    "pid": null,
+                    "state": "broken",
+                    "program": null,
+                    "start_time": null,
+                    "cgroups": [],
+                    "error": e.to_string(),
+                }),
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+        let _ = writeln!(out, "{text}");
+        return ExitCode::SUCCESS;
+    }
     let _ = writeln!(out, "{:<28}  {:>8}  {:<8}  PROGRAM", "ID", "PID", "STATE");
     for id in sandbox_runner::state::reclaim_stale() {
         println!("cleanup: removed the state left by a dead host for {id}");
@@ -521,8 +623,14 @@ fn kill(id: &str) -> ExitCode {
 }
 
 /// `sandbox-run check --cleanup`: reclaims stale cgroups and the state of dead detached
-/// sandboxes. Returns the exit code (0, or 1 when something could not be reclaimed).
-fn cleanup() -> u8 {
+/// sandboxes. Returns the exit code (0, or 1 when something could not be reclaimed). With
+/// `--json` what it did goes to stderr, so stdout holds only the JSON object.
+fn cleanup(json: bool) -> u8 {
+    macro_rules! println {
+        ($($t:tt)*) => {
+            if json { eprintln!($($t)*) } else { std::println!($($t)*) }
+        };
+    }
     let mut code = 0;
     match sandbox_runner::cgroup::reclaim_stale() {
         Ok(paths) => {
@@ -554,4 +662,141 @@ fn cleanup() -> u8 {
         }
     }
     code
+}
+
+/// Sends the library's tracing events and spans to stderr: warnings by default, the start
+/// phases with their durations at `-v`, debug events at `-vv`, everything at `-vvv`;
+/// `SANDBOX_RUN_LOG` (an env-filter such as `debug` or `sandbox_runner=info`) overrides `-v`.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("SANDBOX_RUN_LOG") {
+        Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("sandbox-run: ignoring SANDBOX_RUN_LOG={v:?}: {e}");
+                tracing_subscriber::EnvFilter::new(level)
+            }
+        },
+        _ => tracing_subscriber::EnvFilter::new(level),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(log::StderrLog);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// The stderr log of `sandbox-run`: one line per event, and one line per span when it
+/// closes, with its wall-clock duration (`sandbox-run: start/clone took 1.274 ms`).
+mod log {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    use std::time::Instant;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The layer.
+    pub struct StderrLog;
+
+    /// When a span was created.
+    struct Opened(Instant);
+
+    /// A span's fields, as ` key=value` text.
+    #[derive(Default)]
+    struct Fields(String);
+
+    /// Collects the message and the fields of an event or span.
+    #[derive(Default)]
+    struct Text {
+        message: String,
+        fields: String,
+    }
+
+    impl Visit for Text {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "message" {
+                self.message.push_str(value);
+            } else {
+                let _ = write!(self.fields, " {}={value}", field.name());
+            }
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                let _ = write!(self.message, "{value:?}");
+            } else {
+                let _ = write!(self.fields, " {}={value:?}", field.name());
+            }
+        }
+    }
+
+    /// `start/clone`: the names of a span's ancestors and its own, from the root.
+    fn path<S: for<'a> LookupSpan<'a>>(
+        span: &tracing_subscriber::registry::SpanRef<'_, S>,
+    ) -> String {
+        let names: Vec<&str> = span.scope().from_root().map(|s| s.name()).collect();
+        names.join("/")
+    }
+
+    fn emit(line: &str) {
+        // A closed stderr is not worth a panic.
+        let _ = writeln!(std::io::stderr().lock(), "sandbox-run: {line}");
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for StderrLog {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let Some(span) = ctx.span(id) else { return };
+            let mut text = Text::default();
+            attrs.record(&mut text);
+            let mut ext = span.extensions_mut();
+            ext.insert(Opened(Instant::now()));
+            ext.insert(Fields(text.fields));
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+            let Some(span) = ctx.span(id) else { return };
+            let mut text = Text::default();
+            values.record(&mut text);
+            let mut ext = span.extensions_mut();
+            if let Some(f) = ext.get_mut::<Fields>() {
+                f.0.push_str(&text.fields);
+            }
+        }
+
+        fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+            let mut text = Text::default();
+            event.record(&mut text);
+            let level = match *event.metadata().level() {
+                Level::ERROR => "error: ",
+                Level::WARN => "warning: ",
+                Level::INFO => "",
+                Level::DEBUG => "debug: ",
+                Level::TRACE => "trace: ",
+            };
+            let scope = ctx
+                .event_span(event)
+                .map(|s| format!(" (in {})", path(&s)))
+                .unwrap_or_default();
+            emit(&format!("{level}{}{}{scope}", text.message, text.fields));
+        }
+
+        fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+            let Some(span) = ctx.span(&id) else { return };
+            let ext = span.extensions();
+            let Some(opened) = ext.get::<Opened>() else {
+                return;
+            };
+            let fields = ext.get::<Fields>().map(|f| f.0.as_str()).unwrap_or("");
+            let ms = opened.0.elapsed().as_secs_f64() * 1000.0;
+            emit(&format!("{}{fields} took {ms:.3} ms", path(&span)));
+        }
+    }
 }
