@@ -1145,35 +1145,59 @@ impl Report {
             .iter()
             .map(|(ctrl, st)| {
                 let note = controller_note(ctrl, st, v2_dir.as_deref());
-                match st {
+                // Every object has every key; those of a v1 hierarchy are null for v2.
+                let (state, mount, own_path, dir, writable, writable_error) = match st {
                     ControllerState::V1 {
                         mount,
                         own_path,
                         dir,
                         writable,
-                    } => json!({
-                        "name": ctrl,
-                        "state": "v1",
-                        "mount": mount,
-                        "own_path": own_path,
-                        "dir": dir,
-                        "writable": matches!(writable, Some(Ok(()))),
-                        "writable_error": match writable {
+                    } => (
+                        "v1",
+                        json!(mount),
+                        json!(own_path),
+                        json!(dir),
+                        json!(writable.as_ref().map(|w| w.is_ok())),
+                        match writable {
                             Some(Err(e)) => json!(e.to_string()),
                             _ => Value::Null,
                         },
-                        "note": note,
-                    }),
-                    ControllerState::V2Delegated => {
-                        json!({"name": ctrl, "state": "v2_delegated", "note": note})
-                    }
-                    ControllerState::V2Enableable => {
-                        json!({"name": ctrl, "state": "v2_enableable", "note": note})
-                    }
-                    ControllerState::Missing => {
-                        json!({"name": ctrl, "state": "missing", "note": note})
-                    }
-                }
+                    ),
+                    ControllerState::V2Delegated => (
+                        "v2_delegated",
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                    ),
+                    ControllerState::V2Enableable => (
+                        "v2_enableable",
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                    ),
+                    ControllerState::Missing => (
+                        "missing",
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                    ),
+                };
+                json!({
+                    "name": ctrl,
+                    "state": state,
+                    "mount": mount,
+                    "own_path": own_path,
+                    "dir": dir,
+                    "writable": writable,
+                    "writable_error": writable_error,
+                    "note": note,
+                })
             })
             .collect();
         let seccomp_mode = match self.seccomp_mode {
