@@ -23,6 +23,8 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ConnectError, Egress, Target};
@@ -199,10 +201,24 @@ async fn connect(
         // The client connection's permit stays taken until the tunnel ends too.
         let _permit = permit;
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                super::relay::relay_traced(&relay_egress, &mut client, conn, "http").await;
-            }
+            // Take the client's socket back from hyper (with any bytes it read past the
+            // request head) so the tunnel is relayed socket to socket.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let mut conn = conn;
+                    if !parts.read_buf.is_empty()
+                        && conn.stream.write_all(&parts.read_buf).await.is_err()
+                    {
+                        return;
+                    }
+                    let mut client = parts.io.into_inner();
+                    super::relay::relay_traced(&relay_egress, &mut client, conn, "http").await;
+                }
+                Err(upgraded) => {
+                    let mut client = TokioIo::new(upgraded);
+                    super::relay::relay_traced(&relay_egress, &mut client, conn, "http").await;
+                }
+            },
             Err(e) => tracing::debug!(target: "sandbox_runner::egress", via = "http",
                 %target, error = %e, "CONNECT upgrade failed"),
         }
