@@ -29,8 +29,8 @@ pub struct EgressConfig {
     /// Size of each of a relay's two buffers (default 256 KiB), so a relay holds at most twice
     /// this much (all relays: at most `2 * relay_buffer * max_connections`, 128 MiB with the
     /// defaults, of which only what data went through is ever touched). Smaller costs
-    /// throughput: 64 KiB gave about 0.4-0.5x of a direct loopback transfer in
-    /// `benches/egress.rs`, 256 KiB 0.8-1.0x.
+    /// throughput: in `benches/egress.rs` on a 2-vCPU VM, medians of 64 KiB runs
+    /// were 0.36-0.49x of a direct loopback transfer, of 256 KiB runs 0.49-1.04x (noisy).
     pub relay_buffer: usize,
     /// Limit for one host-side lookup (default 5 s).
     pub lookup_timeout: Duration,

@@ -2,8 +2,9 @@
 //! and a "mapped" listener turns the address a client connected to back into that name.
 //!
 //! In the sandbox, a mapped listener for port P is bound where connections to any
-//! `127.64.x.y:P` arrive (e.g. `0.0.0.0:P` or `127.64.0.0:P` with `IP_FREEBIND` in the
-//! sandbox's namespace, where only `lo` exists); [`serve_mapped`] reads each accepted
+//! `127.64.x.y:P` arrive: `0.0.0.0:P` in the sandbox's namespace, where only `lo` exists
+//! (that also takes `127.0.0.1:P` from the plugin; connections there are refused as
+//! unmapped), or one listener per handed-out address. [`serve_mapped`] reads each accepted
 //! socket's *local* address, finds the name in the [`NameMap`] and connects through
 //! [`super::Egress::connect`] to `name:P`, judged like any other connection.
 
