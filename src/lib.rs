@@ -28,6 +28,7 @@ mod capability;
 pub mod cgroup;
 pub mod check;
 pub mod diagnose;
+pub mod egress;
 pub mod error;
 pub mod goplugin;
 pub mod handshake;
