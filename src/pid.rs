@@ -1,15 +1,20 @@
 //! PID namespace: the sandbox's init (PID 1) and the fork of the plugin.
 //!
-//! The init is a tiny allocation-free loop, as in tini or bubblewrap: it forks the plugin,
-//! forwards the signals a host sends (TERM, INT, HUP, QUIT, USR1, USR2), reaps every orphan
-//! the namespace hands it, and when the plugin exits it writes the plugin's raw wait status
-//! to the status pipe and exits with the plugin's code (`128 + N` for a signal). When the init
-//! exits, the kernel kills everything left in the namespace, so nothing outlives the plugin.
+//! The init clones the plugin (both run in the host's address space, on stacks of their own,
+//! until they exec: nothing of the host is copied) and then execs `sandbox-init`
+//! (`src/init/sandbox-init.c`) from a sealed memfd: a freestanding loop of a few pages, as in
+//! tini or bubblewrap, that forwards the signals a host sends (TERM, INT, HUP, QUIT, USR1,
+//! USR2), reaps every orphan the namespace hands it, and when the plugin exits writes the
+//! plugin's raw wait status to the status pipe and exits with the plugin's code (`128 + N`
+//! for a signal). When the init exits, the kernel kills everything left in the namespace, so
+//! nothing outlives the plugin. The plugin waits for sandbox-init's go before its own steps.
 
 use nix::errno::Errno;
 
 use crate::plan::Plan;
-use crate::spawn::{check, close_all_but, fail, fail_at, ChildFds, Step};
+use crate::spawn::{
+    check, clone3_vm, close_all_but, fail, fail_at, ChildCtx, ChildFds, CloneArgs, Step,
+};
 
 /// The signals the init forwards to the plugin.
 pub const FORWARDED: [libc::c_int; 6] = [
@@ -58,74 +63,126 @@ unsafe fn mask_all(block: bool) -> Result<(), Errno> {
     .map(drop)
 }
 
-/// Runs the init: forks the plugin, then forwards signals and reaps until the plugin exits.
+/// The bit mask of [`FORWARDED`] signals, as `sandbox-init` takes it (bit N for signal N).
+const fn forward_mask() -> u64 {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < FORWARDED.len() {
+        mask |= 1u64 << FORWARDED[i];
+        i += 1;
+    }
+    mask
+}
+
+/// Writes `v` in decimal into `buf`, NUL-terminated, and returns a pointer to it.
+/// Async-signal-safe (no allocation).
+fn decimal(mut v: u64, buf: &mut [u8; 24]) -> *const libc::c_char {
+    let mut i = buf.len() - 1;
+    buf[i] = 0;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    buf[i..].as_ptr().cast()
+}
+
+/// The plugin's entry point on its own stack (cloned with `CLONE_VM` by the init).
 ///
 /// # Safety
-/// Child-side only; never returns.
-pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds) -> ! {
+/// Called only by [`crate::spawn::clone3_vm`] with a pointer to the live `ChildCtx`.
+unsafe extern "C" fn plugin_entry(arg: *const u8) -> ! {
+    // SAFETY: the spawner keeps the ChildCtx alive until the plugin has exec'd or exited.
+    unsafe {
+        let ctx = &*(arg as *const ChildCtx);
+        plugin_main(&*ctx.plan, &ctx.fds)
+    }
+}
+
+/// Runs the init: clones the plugin, then becomes `sandbox-init`, which forwards signals and
+/// reaps until the plugin exits.
+///
+/// # Safety
+/// Child-side only; never returns. `ctx` is the `ChildCtx` this init was started with.
+pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds, ctx: *const ChildCtx) -> ! {
     let e = fds.err_w;
     if let Err(err) = reset_dispositions().and_then(|_| mask_all(true)) {
         fail(e, Step::Signals, err)
     }
-    // A raw clone, not libc::fork: glibc's fork runs atfork handlers and takes locks that a
-    // thread of the host may have held when we were cloned.
-    let child = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+    // The plugin shares this address space (the host's) until its execve, on a stack of its
+    // own: nothing of the host is copied. It waits for sandbox-init's go first.
+    let mut args = CloneArgs {
+        flags: libc::CLONE_VM as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: fds.plugin_stack as u64,
+        stack_size: fds.plugin_stack_size as u64,
+        ..Default::default()
+    };
+    let child = clone3_vm(&mut args, plugin_entry, ctx.cast());
     if child < 0 {
-        fail(e, Step::Fork, Errno::last())
+        fail(e, Step::Fork, Errno::from_raw(-child as i32))
     }
-    if child == 0 {
-        plugin_main(plan, fds)
+    // The init needs no privilege to forward signals to and reap its own children, and the
+    // empty bounding set keeps sandbox-init from regaining any at its exec.
+    if let Err(err) = crate::capability::drop_all_but(0, plan.last_cap) {
+        fail(e, Step::Capabilities, err)
     }
-    let plugin = child as libc::pid_t;
     // The init never uses stdio: its copies would keep the host's pipes open after the
     // plugin closed them (a plugin that closes stdout must give the host end of file).
     for fd in 0..3 {
         libc::close(fd);
     }
-    // The init needs no privilege to forward signals to and reap its own children.
-    if let Err(err) = crate::capability::drop_all_but(0, plan.last_cap) {
-        libc::kill(plugin, libc::SIGKILL);
-        fail(e, Step::Capabilities, err)
-    }
-    // The plugin holds its own copy of the error pipe until its execve; ours goes now, so the
-    // host sees EOF exactly when the plugin has exec'd (or a step record if it failed).
-    libc::close(e);
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut set);
-    loop {
-        let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
-        if sig == libc::SIGCHLD {
-            // Reap everything that is ready: the plugin and any orphan reparented to us.
-            loop {
-                let mut st: libc::c_int = 0;
-                let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
-                if r <= 0 {
-                    break;
-                }
-                if r == plugin {
-                    libc::write(
-                        fds.status_w,
-                        (&st as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>(),
-                    );
-                    let code = if libc::WIFSIGNALED(st) {
-                        128 + libc::WTERMSIG(st)
-                    } else {
-                        libc::WEXITSTATUS(st)
-                    };
-                    libc::_exit(code)
-                }
-            }
-        } else if FORWARDED.contains(&sig) {
-            libc::kill(plugin, sig);
+    libc::close(fds.go_r);
+    // The status pipe and the go pipe cross the exec; everything else of ours is CLOEXEC,
+    // the error pipe included (its end of file then means both have exec'd).
+    for fd in [fds.status_w, fds.go_w] {
+        if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
+            fail(e, Step::InitExec, err)
         }
     }
+    let (mut b1, mut b2, mut b3, mut b4) = ([0u8; 24], [0u8; 24], [0u8; 24], [0u8; 24]);
+    let argv: [*const libc::c_char; 6] = [
+        c"sandbox-init".as_ptr(),
+        decimal(child as u64, &mut b1),
+        decimal(fds.status_w as u64, &mut b2),
+        decimal(fds.go_w as u64, &mut b3),
+        decimal(forward_mask(), &mut b4),
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    libc::syscall(
+        libc::SYS_execveat,
+        fds.init_exe,
+        c"".as_ptr(),
+        argv.as_ptr(),
+        envp.as_ptr(),
+        libc::AT_EMPTY_PATH,
+    );
+    fail(e, Step::InitExec, Errno::last())
 }
 
 /// The plugin's own steps after the fork, then `execve`.
 unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
     let e = fds.err_w;
     libc::close(fds.status_w);
+    libc::close(fds.go_w);
+    // Wait until the init is sandbox-init: from then on PID 1 holds nothing of the host, and
+    // only then may anything of the plugin's run.
+    let mut go = 0u8;
+    loop {
+        let n = libc::read(fds.go_r, (&mut go as *mut u8).cast(), 1);
+        if n == 1 {
+            break;
+        }
+        if n == 0 || Errno::last() != Errno::EINTR {
+            // The init is gone (its own failure is on the error pipe).
+            libc::_exit(125);
+        }
+    }
+    libc::close(fds.go_r);
     if let Err(err) = mask_all(false) {
         fail(e, Step::Signals, err)
     }

@@ -443,8 +443,24 @@ impl SandboxRunner {
         };
         let (stdout_fd, out) = output(self.stdout.clone(), 1)?;
         let (stderr_fd, err) = output(self.stderr.clone(), 2)?;
-        let mut init_keep = vec![err_w.as_raw_fd(), status_w.as_raw_fd(), sync_r.as_raw_fd()];
-        let mut plugin_keep = vec![err_w.as_raw_fd()];
+        let init_exe = spawn::init_exe().map_err(|e| {
+            Error::host(
+                "sandbox-init: sealed memfd (memfd_create, write, seals)",
+                std::io::Error::from(e),
+            )
+        })?;
+        let (go_r, go_w) = pipe()?;
+        let (vm_r, vm_w) = pipe()?;
+        let mut init_keep = vec![
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+            sync_r.as_raw_fd(),
+            init_exe,
+            go_r.as_raw_fd(),
+            go_w.as_raw_fd(),
+            vm_w.as_raw_fd(),
+        ];
+        let mut plugin_keep = vec![err_w.as_raw_fd(), vm_w.as_raw_fd()];
         init_keep.extend_from_slice(self.plan.pass_fds());
         plugin_keep.extend_from_slice(self.plan.pass_fds());
         let fds = ChildFds {
@@ -458,8 +474,14 @@ impl SandboxRunner {
             init_keep: FdList::new(&init_keep),
             plugin_keep: FdList::new(&plugin_keep),
             host_pid: host_pid_in_proc_view(),
+            init_exe,
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+            // Set by the spawner, which maps the stacks.
+            plugin_stack: 0,
+            plugin_stack_size: 0,
         };
-        child_side.extend([err_w, status_w, sync_r]);
+        child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
         drop(setup_span);
 
         let cgroup_span = tracing::info_span!("cgroup").entered();
@@ -506,24 +528,43 @@ impl SandboxRunner {
         let release =
             (placed_by_clone || cgroup.is_none()) && !self.plan.rootless() && !self.plan.detach;
         let clone_span = tracing::info_span!("clone");
-        let Spawned {
-            pid,
-            pidfd,
-            released,
-        } = spawn::spawn(self.plan.clone(), fds, child_side, placement, release)
+        let pending = spawn::spawn(self.plan.clone(), fds, child_side, placement, release, vm_r)
             .instrument(clone_span.clone())
             .await
-            .map_err(|e| match e {
-                spawn::SpawnError::Clone(errno) => {
-                    Error::host("clone3 into new namespaces", std::io::Error::from(errno))
-                }
-                spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Place {
-                    path,
-                    cause: std::io::Error::from(errno),
-                }
-                .into(),
-            })?;
+            .map_err(spawn_error)?;
         let clone_steps = clone_span.enter();
+        let pid = pending.pid;
+        // The init exists and, unless released, waits on the sync pipe. Until `finish`, an
+        // error here drops `pending` and the sync pipe: the init gives up, and the spawner
+        // kills and reaps it.
+        let mut cgroup = cgroup;
+        if let Some(cg) = &cgroup {
+            // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
+            // sync pipe, before it forks the plugin or runs anything of the profile's.
+            if !placed_by_clone {
+                cg.attach(pid)?;
+            }
+        }
+        if self.plan.detach {
+            if let Some(cg) = cgroup.take() {
+                self.cgroup_paths = cg.hand_over(pid)?;
+            }
+        }
+        if self.plan.rootless() {
+            // The child waits on the sync pipe: map root inside to the caller before it
+            // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
+            write_id_maps(pid)?;
+        }
+        if self.plan.detach {
+            self.write_state(pid)?;
+        }
+        // Let the child go on (unless the spawner did), then wait until neither the init nor
+        // the plugin runs in this process's memory any more.
+        if !release {
+            write_all(&sync_w, &[1])?;
+        }
+        drop(sync_w);
+        let Spawned { pid, pidfd } = pending.finish().await.map_err(spawn_error)?;
         set_nonblocking(&status_r)?;
         // From here on, dropping `running` (an error, or a cancelled start) kills and reaps.
         let running = Running {
@@ -540,35 +581,15 @@ impl SandboxRunner {
             counters: Mutex::new(None),
         };
         if let Some(cg) = cgroup {
-            // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
-            // sync pipe, before it forks the plugin or runs anything of the profile's.
-            if !placed_by_clone {
-                cg.attach(pid)?;
-            }
-            if running.detached {
-                let paths = cg.hand_over(pid)?;
-                self.cgroup_paths = paths;
-            } else {
+            if !running.detached {
                 *running.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg.watch());
                 *running.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg);
             }
-        }
-        if self.plan.rootless() {
-            // The child waits on the sync pipe: map root inside to the caller before it
-            // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
-            write_id_maps(pid)?;
-        }
-        if running.detached {
-            self.write_state(pid)?;
         }
         drop(clone_steps);
         drop(clone_span);
         // Let the child go on, then learn whether it reached execve.
         let exec_span = tracing::info_span!("exec");
-        if !released {
-            write_all(&sync_w, &[1])?;
-        }
-        drop(sync_w);
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
             .map_err(|e| Error::host("error pipe", e))?;
         let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
@@ -613,6 +634,20 @@ impl SandboxRunner {
         }
         self.running = Some(Arc::new(running));
         Ok(())
+    }
+}
+
+/// The error of a failed clone, for the caller.
+fn spawn_error(e: spawn::SpawnError) -> Error {
+    match e {
+        spawn::SpawnError::Clone(errno) => {
+            Error::host("clone3 into new namespaces", std::io::Error::from(errno))
+        }
+        spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Place {
+            path,
+            cause: std::io::Error::from(errno),
+        }
+        .into(),
     }
 }
 

@@ -12,7 +12,7 @@
 
 use libc::c_int;
 use nix::errno::Errno;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -73,10 +73,12 @@ pub enum Step {
     Rlimits = 24,
     /// Installing the seccomp filter.
     Seccomp = 25,
+    /// `execveat` of `sandbox-init`, the sandbox's PID 1, from its sealed memfd.
+    InitExec = 26,
 }
 
 impl Step {
-    const ALL: [Step; 25] = [
+    const ALL: [Step; 26] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -102,6 +104,7 @@ impl Step {
         Step::Landlock,
         Step::Rlimits,
         Step::Seccomp,
+        Step::InitExec,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -137,6 +140,7 @@ impl Step {
             Step::Landlock => "enforce the Landlock rules",
             Step::Rlimits => "set resource limits",
             Step::Seccomp => "install the seccomp filter",
+            Step::InitExec => "execute sandbox-init",
         }
     }
 }
@@ -178,6 +182,16 @@ pub(crate) struct ChildFds {
     /// The host process's pid as `/proc` shows it (-1: not shown): the child checks that its
     /// parent still is the host once its death signal is armed.
     pub host_pid: i32,
+    /// The sealed memfd holding `sandbox-init` (see [`init_exe`]), executed by the init.
+    pub init_exe: RawFd,
+    /// Read end of the go pipe: the plugin waits on it until `sandbox-init` runs.
+    pub go_r: RawFd,
+    /// Write end of the go pipe, handed to `sandbox-init` across its exec.
+    pub go_w: RawFd,
+    /// The stack the init clones the plugin onto (in the host's memory, set by the spawner).
+    pub plugin_stack: usize,
+    /// Size of [`plugin_stack`](Self::plugin_stack).
+    pub plugin_stack_size: usize,
 }
 
 impl ChildFds {
@@ -221,7 +235,7 @@ impl FdList {
 }
 
 /// Capacity of [`ChildFds::keep`].
-pub(crate) const KEEP_MAX: usize = crate::profile::MAX_PASS_FDS + 4;
+pub(crate) const KEEP_MAX: usize = crate::profile::MAX_PASS_FDS + 8;
 
 /// Writes the failing step and errno to the error pipe and exits the child.
 ///
@@ -307,7 +321,9 @@ unsafe fn parent_in_host_view() -> i32 {
 ///
 /// # Safety
 /// Runs in the freshly cloned child; async-signal-safe; never returns.
-unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
+unsafe fn child_main(ctx: &ChildCtx) -> ! {
+    let plan = &*ctx.plan;
+    let fds = &ctx.fds;
     let e = fds.err_w;
     // Die with the spawner thread (unless detached). A host that died before this prctl
     // sends no signal: the parent check right below closes that race.
@@ -329,14 +345,9 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
     if !plan.detach && fds.host_pid > 0 && parent_in_host_view() != fds.host_pid {
         libc::_exit(125);
     }
-    // Nothing in the sandbox may ptrace the init or read its memory (a copy of the host's).
-    // Rootless: not before the wait below, because a non-dumpable process's /proc files
-    // belong to (global) root, and the unprivileged host could not write our uid_map.
-    if !plan.userns {
-        if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
-            fail(e, Step::Dumpable, err)
-        }
-    }
+    // No PR_SET_DUMPABLE here: dumpability belongs to the address space, which is the host's
+    // until the exec of sandbox-init, and sandbox-init makes itself non-dumpable. Nothing of
+    // the sandbox's own runs before then (the plugin waits for sandbox-init's go).
     libc::close(fds.sync_w);
     if let Err(err) = connect_stdio(fds) {
         fail(e, Step::Stdio, err)
@@ -362,13 +373,6 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
         }
     }
     libc::close(fds.sync_r);
-    // Rootless: the host has written our uid/gid maps (root here is the caller outside);
-    // nothing of the sandbox has run yet, so this is as early as it needs to be.
-    if plan.userns {
-        if let Err(err) = check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) {
-            fail(e, Step::Dumpable, err)
-        }
-    }
     if plan.new_session {
         if let Err(err) = check(libc::setsid()) {
             fail(e, Step::Setsid, err)
@@ -396,7 +400,7 @@ unsafe fn child_main(plan: &Plan, fds: &ChildFds) -> ! {
             fail(e, Step::Loopback, err)
         }
     }
-    pid::run_init(plan, fds)
+    pid::run_init(plan, fds, ctx)
 }
 
 /// Puts the stdio pipes on 0, 1, 2. Their source fds are all >= 3 (the parent made sure),
@@ -443,18 +447,163 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// The kernel's `struct clone_args` (Linux 5.7 layout, with `set_tid` and `cgroup`).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// What a child cloned with `CLONE_VM` runs, on its own stack, with `arg`.
+pub(crate) type ChildEntry = unsafe extern "C" fn(arg: *const u8) -> !;
+
+/// `clone3` for a child that shares this address space (`CLONE_VM` in `args.flags`) and runs
+/// `entry(arg)` on the stack `args.stack` / `args.stack_size`, never returning. Returns the
+/// child's pid, or `-errno`.
+///
+/// The child starts on an empty stack, so it cannot return through a libc wrapper as a
+/// copy-on-write child would: the few instructions between the system call and the call of
+/// `entry` are written out here.
+///
+/// # Safety
+/// `args` must describe a valid stack mapping that stays mapped while the child runs in this
+/// address space; `entry` must not return and must only do async-signal-safe work until it
+/// execs or exits; whatever `arg` points to must outlive that.
+pub(crate) unsafe fn clone3_vm(args: &mut CloneArgs, entry: ChildEntry, arg: *const u8) -> i64 {
+    let ret: i64;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the kernel returns 0 in the child with the stack pointer at the top of the
+    // given stack (16-byte aligned by `Stacks`); r12/r13 are preserved into the child. The
+    // parent path only clobbers what `syscall` does.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above; x20/x21 are callee-saved and preserved into the child.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x20",
+            "blr x21",
+            "brk #0",
+            "2:",
+            inlateout("x0") args as *mut CloneArgs => ret,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x8") libc::SYS_clone3,
+            in("x20") arg,
+            in("x21") entry,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// The two stacks a sandbox's init and plugin run on until they exec, in one mapping of this
+/// process with a guard page below each.
+pub(crate) struct Stacks {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a plain mapping owned by one value; nothing else refers to it.
+unsafe impl Send for Stacks {}
+
+/// Size of each stack: the child steps are shallow and keep no large buffers.
+const STACK_SIZE: usize = 256 * 1024;
+/// One guard page below each stack.
+const GUARD: usize = 4096;
+
+impl Stacks {
+    /// Maps two stacks with guard pages.
+    pub fn new() -> Result<Stacks, Errno> {
+        let len = 2 * (GUARD + STACK_SIZE);
+        // SAFETY: an anonymous private mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stacks = Stacks { base, len };
+        for i in 0..2 {
+            // SAFETY: the guard page lies inside the mapping made above.
+            let r = unsafe {
+                libc::mprotect(
+                    base.cast::<u8>().add(i * (GUARD + STACK_SIZE)).cast(),
+                    GUARD,
+                    libc::PROT_NONE,
+                )
+            };
+            if r != 0 {
+                return Err(Errno::last());
+            }
+        }
+        Ok(stacks)
+    }
+
+    /// The lowest address and the size of stack `i` (0: init, 1: plugin).
+    pub fn stack(&self, i: usize) -> (usize, usize) {
+        (
+            self.base as usize + i * (GUARD + STACK_SIZE) + GUARD,
+            STACK_SIZE,
+        )
+    }
+}
+
+impl Drop for Stacks {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns, once no child uses it.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// What the init's entry point receives: the plan and the fds, in the spawner's memory.
+pub(crate) struct ChildCtx {
+    /// The sandbox's plan.
+    pub plan: *const Plan,
+    /// The fds and stacks.
+    pub fds: ChildFds,
+}
+
+/// The init's entry point on its own stack.
+///
+/// # Safety
+/// Called only by [`clone3_vm`] with a pointer to a live [`ChildCtx`].
+unsafe extern "C" fn init_entry(arg: *const u8) -> ! {
+    // SAFETY: the spawner keeps the ChildCtx (and the plan it points to) alive until no
+    // process of the sandbox runs in its memory.
+    unsafe { child_main(&*(arg as *const ChildCtx)) }
 }
 
 /// The result of a clone: the init's host pid and a pidfd for it.
@@ -463,20 +612,29 @@ pub(crate) struct Spawned {
     pub pid: i32,
     /// A pidfd of the init, `CLOEXEC`.
     pub pidfd: OwnedFd,
-    /// The spawner has let the child go already (see `spawn`'s `release`).
-    pub released: bool,
 }
 
-/// Clones the init with `plan`'s namespace flags. Called on the spawner thread only.
+/// Clones the init with `plan`'s namespace flags into this address space (`CLONE_VM`), on
+/// the init stack of `stacks`. Called on the spawner thread only.
 ///
 /// # Safety
-/// `fds` must describe open fds of this process; the child never returns.
-unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Result<Spawned, Errno> {
+/// `ctx` must describe open fds of this process and stay alive, with `stacks`, until the
+/// init and the plugin no longer run in this address space; the child never returns.
+unsafe fn clone_init(
+    ctx: &ChildCtx,
+    stacks: &Stacks,
+    cgroup: Option<RawFd>,
+) -> Result<Spawned, Errno> {
+    // SAFETY: the caller's contract.
+    let plan = unsafe { &*ctx.plan };
     let mut pidfd: c_int = -1;
+    let (stack, stack_size) = stacks.stack(0);
     let mut args = CloneArgs {
-        flags: plan.clone_flags | libc::CLONE_PIDFD as u64,
+        flags: plan.clone_flags | libc::CLONE_PIDFD as u64 | libc::CLONE_VM as u64,
         pidfd: (&mut pidfd as *mut c_int) as u64,
         exit_signal: libc::SIGCHLD as u64,
+        stack: stack as u64,
+        stack_size: stack_size as u64,
         ..Default::default()
     };
     // cgroup v2: the child is born in the sandbox's cgroup (Linux 5.7+), so not one
@@ -485,60 +643,18 @@ unsafe fn clone_init(plan: &Plan, fds: &ChildFds, cgroup: Option<RawFd>) -> Resu
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
-    let r = libc::syscall(
-        libc::SYS_clone3,
-        &args as *const CloneArgs,
-        std::mem::size_of::<CloneArgs>(),
-    );
-    if r == 0 {
-        child_main(plan, fds)
-    }
+    // SAFETY: the caller's contract; init_entry gets the ChildCtx.
+    let r = unsafe { clone3_vm(&mut args, init_entry, (ctx as *const ChildCtx).cast()) };
     if r > 0 {
         return Ok(Spawned {
             pid: r as i32,
-            pidfd: OwnedFd::from_raw_fd(pidfd),
-            released: false,
+            // SAFETY: the kernel wrote a new pidfd for us.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
         });
     }
-    let err = Errno::last();
-    if err != Errno::ENOSYS || cgroup.is_some() {
-        // Without clone3 there is no CLONE_INTO_CGROUP: refuse rather than start a child
-        // outside its cgroup.
-        return Err(err);
-    }
-    // Kernels before 5.3 have no clone3: plain clone, then pidfd_open. Nothing else reaps
-    // our child, so its pid cannot be reused before the pidfd is taken.
-    let r = libc::syscall(
-        libc::SYS_clone,
-        plan.clone_flags as libc::c_ulong | libc::SIGCHLD as libc::c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
-    );
-    if r == 0 {
-        child_main(plan, fds)
-    }
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    let pid = r as i32;
-    match rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid).expect("clone returned a positive pid"),
-        rustix::process::PidfdFlags::empty(),
-    ) {
-        Ok(fd) => Ok(Spawned {
-            pid,
-            pidfd: fd,
-            released: false,
-        }),
-        Err(e) => {
-            libc::kill(pid, libc::SIGKILL);
-            let mut st = 0;
-            libc::waitpid(pid, &mut st, 0);
-            Err(Errno::from_raw(e.raw_os_error()))
-        }
-    }
+    // No clone3 (before Linux 5.3) means no CLONE_INTO_CGROUP and no pidfd at birth either:
+    // refuse rather than start a child outside its cgroup or copy the host's memory.
+    Err(Errno::from_raw(-r as i32))
 }
 
 /// Where the spawner makes a sandbox's init be born.
@@ -553,7 +669,7 @@ pub(crate) enum Placement {
 /// Why [`spawn`] failed.
 #[derive(Debug)]
 pub(crate) enum SpawnError {
-    /// `clone3` (or `clone`) failed.
+    /// `clone3` failed (or the stacks could not be mapped).
     Clone(Errno),
     /// Moving the spawner thread through the `tasks` file `path` failed.
     Move {
@@ -575,38 +691,6 @@ fn move_thread(files: &[(OwnedFd, std::path::PathBuf)]) -> Result<(), SpawnError
         }
     }
     Ok(())
-}
-
-/// Clones on the spawner thread, placed as `placement` says.
-fn clone_placed(
-    plan: &Plan,
-    fds: &ChildFds,
-    placement: Option<&Placement>,
-) -> Result<Spawned, SpawnError> {
-    match placement {
-        None => unsafe { clone_init(plan, fds, None) }.map_err(SpawnError::Clone),
-        Some(Placement::IntoCgroup(fd)) => {
-            use std::os::fd::AsRawFd;
-            unsafe { clone_init(plan, fds, Some(fd.as_raw_fd())) }.map_err(SpawnError::Clone)
-        }
-        Some(Placement::MoveThread(mv)) => {
-            if let Err(e) = move_thread(&mv.into) {
-                let _ = move_thread(&mv.back);
-                return Err(e);
-            }
-            // SAFETY: as for clone_init's callers: the plan and fds are alive.
-            let res = unsafe { clone_init(plan, fds, None) };
-            if let Err(e) = move_thread(&mv.back) {
-                // This thread stays in the sandbox's cgroup (the next clone moves it on); do
-                // not leave a sandbox that was set up in an unknown state.
-                if let Ok(orphan) = &res {
-                    kill_and_reap(orphan);
-                }
-                return Err(e);
-            }
-            res.map_err(SpawnError::Clone)
-        }
-    }
 }
 
 /// Kills and reaps a just-cloned init that nobody will wait for.
@@ -638,9 +722,102 @@ struct Job {
     /// host to do before it runs.
     release: bool,
     /// The child-side fds (named by number in `fds`), owned here so that they stay open,
-    /// with their numbers, until the clone has happened; dropped right after it.
+    /// with their numbers, until the clone has happened; closed right after it.
     child_side: Vec<OwnedFd>,
+    /// Write end of the early pipe: the init's pid (4 bytes, 0 when the clone failed) as
+    /// soon as it exists, for the host's work before it lets the child go.
+    early_w: OwnedFd,
+    /// Read end of the memory pipe (see [`spawn`]).
+    vm_r: OwnedFd,
     reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// Runs one job on the spawner thread.
+fn run_job(job: Job) {
+    let Job {
+        plan,
+        mut fds,
+        placement,
+        release,
+        mut child_side,
+        early_w,
+        vm_r,
+        reply,
+    } = job;
+    let stacks = match Stacks::new() {
+        Ok(s) => s,
+        Err(e) => {
+            // SAFETY: a 4-byte write from a live buffer.
+            unsafe { libc::write(early_w.as_raw_fd(), [0u8; 4].as_ptr().cast(), 4) };
+            let _ = reply.send(Reply(Some(Err(SpawnError::Clone(e)))));
+            return;
+        }
+    };
+    (fds.plugin_stack, fds.plugin_stack_size) = stacks.stack(1);
+    let ctx = ChildCtx {
+        plan: Arc::as_ptr(&plan),
+        fds,
+    };
+    let mut moved_back = Ok(());
+    let res = match placement.as_ref() {
+        // SAFETY: ctx, plan and stacks live until the memory pipe's end of file below.
+        None => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
+        Some(Placement::IntoCgroup(fd)) => {
+            // SAFETY: as above.
+            unsafe { clone_init(&ctx, &stacks, Some(fd.as_raw_fd())) }.map_err(SpawnError::Clone)
+        }
+        Some(Placement::MoveThread(mv)) => match move_thread(&mv.into) {
+            Err(e) => {
+                moved_back = move_thread(&mv.back);
+                Err(e)
+            }
+            // SAFETY: as above. The thread moves back once the children are off its memory.
+            Ok(()) => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
+        },
+    };
+    // From here until the memory pipe's end of file, the init (and then the plugin) run in
+    // this address space, on this thread's thread-local storage (errno): this thread only
+    // makes plain system calls that succeed, and waits.
+    let pid = res.as_ref().map(|s| s.pid).unwrap_or(0);
+    // SAFETY: writes from live buffers to open fds. The sync byte goes first: once the pid
+    // is out, the caller may close its sync pipe.
+    unsafe {
+        if release && res.is_ok() {
+            // If this write fails, the child sees the caller's end of file and gives up.
+            libc::write(fds.sync_w, [1u8].as_ptr().cast(), 1);
+        }
+        libc::write(early_w.as_raw_fd(), pid.to_ne_bytes().as_ptr().cast(), 4);
+    }
+    for fd in child_side.drain(..) {
+        drop(fd);
+    }
+    if res.is_ok() {
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a live buffer; returns 0 once every write end is closed (both
+        // children exec'd or exited). Every signal is blocked on this thread: no EINTR.
+        while unsafe { libc::read(vm_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+    // The children no longer use the stacks, the ChildCtx or the plan.
+    drop(stacks);
+    let _ = ctx;
+    drop(plan);
+    if let Some(Placement::MoveThread(mv)) = placement.as_ref() {
+        if res.is_ok() {
+            moved_back = move_thread(&mv.back);
+        }
+    }
+    let res = match (res, moved_back) {
+        (Ok(spawned), Err(e)) => {
+            // This thread stays in the sandbox's cgroup (the next clone moves it on); do not
+            // leave a sandbox that was set up in an unknown state.
+            kill_and_reap(&spawned);
+            Err(e)
+        }
+        (res, _) => res,
+    };
+    drop(placement);
+    // Cancelled meanwhile: the unsent Reply drops here, killing and reaping the init.
+    let _ = reply.send(Reply(Some(res)));
 }
 
 /// Clones every sandbox from one dedicated thread that lives as long as the process.
@@ -667,21 +844,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                 // The Sender lives in a static, so this loop never ends and the thread
                 // never exits while the process runs.
                 while let Ok(job) = rx.recv() {
-                    // SAFETY: the plan and fds were prepared by `SandboxRunner::start` and
-                    // stay alive until the reply is sent.
-                    let mut res = clone_placed(&job.plan, &job.fds, job.placement.as_ref());
-                    if let (true, Ok(spawned)) = (job.release, res.as_mut()) {
-                        // The caller holds the write end open until the start is over; if
-                        // this write fails, the child waits for the caller's byte instead.
-                        // SAFETY: writes one byte from a live buffer to an open fd.
-                        let n = unsafe { libc::write(job.fds.sync_w, [1u8].as_ptr().cast(), 1) };
-                        spawned.released = n == 1;
-                    }
-                    drop(job.placement);
-                    drop(job.child_side);
-                    // Cancelled while we cloned: the unsent Reply drops here, killing and
-                    // reaping the init.
-                    let _ = job.reply.send(Reply(Some(res)));
+                    run_job(job);
                 }
             })
             .expect("cannot start the sandbox-spawner thread");
@@ -689,17 +852,48 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-/// Clones a new sandbox init on the spawner thread.
+/// A clone in progress: the init exists (its pid is known) and may wait for the host's go on
+/// the sync pipe; [`Pending::finish`] waits until it and the plugin have left the host's
+/// memory (exec'd or died). Dropping it before then kills and reaps the init.
+pub(crate) struct Pending {
+    /// Host pid of the init. Ours and unreaped, so it cannot be reused meanwhile.
+    pub pid: i32,
+    rx: tokio::sync::oneshot::Receiver<Reply>,
+}
+
+impl Pending {
+    /// Waits for the spawner's final answer: the init's pidfd.
+    pub async fn finish(self) -> Result<Spawned, SpawnError> {
+        // The spawner always replies; a lost reply means the thread is gone.
+        let mut reply = self
+            .rx
+            .await
+            .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
+        reply
+            .0
+            .take()
+            .unwrap_or(Err(SpawnError::Clone(Errno::ECHILD)))
+    }
+}
+
+/// Clones a new sandbox init on the spawner thread and returns once it exists.
 ///
 /// `child_side` owns the fds that `fds` names for the child; they are closed in this process
-/// once the clone is done.
+/// once the clone is done. Among them must be the write end of `vm_r`'s pipe (`CLOEXEC`),
+/// kept by both the init and the plugin: its end of file tells the spawner that no process
+/// of the sandbox runs in the host's memory any more (both have exec'd or died).
 pub(crate) async fn spawn(
     plan: Arc<Plan>,
     fds: ChildFds,
     child_side: Vec<OwnedFd>,
     placement: Option<Placement>,
     release: bool,
-) -> Result<Spawned, SpawnError> {
+    vm_r: OwnedFd,
+) -> Result<Pending, SpawnError> {
+    let io = |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    let (early_r, early_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpawnError::Clone(Errno::from_raw(e.raw_os_error())))?;
+    let mut early = tokio::net::unix::pipe::Receiver::from_owned_fd(early_r).map_err(io)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
@@ -710,25 +904,88 @@ pub(crate) async fn spawn(
             placement,
             release,
             child_side,
+            early_w,
+            vm_r,
             reply,
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
-    // The spawner always replies; a lost reply means the thread is gone.
-    let mut reply = rx.await.map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
-    reply
-        .0
-        .take()
-        .unwrap_or(Err(SpawnError::Clone(Errno::ECHILD)))
+    let mut pid = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut early, &mut pid)
+        .await
+        .map_err(io)?;
+    let pending = Pending {
+        pid: i32::from_ne_bytes(pid),
+        rx,
+    };
+    if pending.pid <= 0 {
+        // The clone failed: the final answer says why.
+        return match pending.finish().await {
+            Ok(spawned) => {
+                kill_and_reap(&spawned);
+                Err(SpawnError::Clone(Errno::EIO))
+            }
+            Err(e) => Err(e),
+        };
+    }
+    Ok(pending)
 }
 
-/// Tries a clone with `flags` and reports whether the kernel allows it (for `check`).
+/// The sealed memfd holding `sandbox-init`, made once per process (`CLOEXEC`; the init
+/// executes it with `execveat(AT_EMPTY_PATH)`, so it needs no path inside the sandbox).
+pub(crate) fn init_exe() -> Result<RawFd, Errno> {
+    static FD: OnceLock<Result<OwnedFd, Errno>> = OnceLock::new();
+    FD.get_or_init(make_init_memfd)
+        .as_ref()
+        .map(|fd| fd.as_raw_fd())
+        .map_err(|e| *e)
+}
+
+/// The freestanding `sandbox-init` program built by `build.rs`.
+static SANDBOX_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sandbox-init"));
+
+fn make_init_memfd() -> Result<OwnedFd, Errno> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3) says so explicitly where vm.memfd_noexec asks; older kernels
+    // refuse the flag and make every memfd executable.
+    let fd = match memfd_create("sandbox-init", flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => memfd_create("sandbox-init", flags),
+        r => r,
+    }
+    .map_err(errno)?;
+    let mut rest = SANDBOX_INIT;
+    while !rest.is_empty() {
+        let n = rustix::io::write(&fd, rest).map_err(errno)?;
+        rest = &rest[n..];
+    }
+    fcntl_add_seals(
+        &fd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )
+    .map_err(errno)?;
+    Ok(fd)
+}
+
+/// Tries a clone with the namespace `flags` and reports whether the kernel allows it (for
+/// `check`). Only `CLONE_NEW*` flags are accepted: anything else is `EINVAL`.
 pub fn probe_clone(flags: u64) -> Result<(), Errno> {
+    let ns = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWCGROUP) as u64;
+    if flags & !ns != 0 {
+        return Err(Errno::EINVAL);
+    }
     let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
-    // SAFETY: the child only calls _exit.
+    // SAFETY: a copy-on-write child (no CLONE_VM: refused above) that only calls _exit.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -737,12 +994,14 @@ pub fn probe_clone(flags: u64) -> Result<(), Errno> {
         )
     };
     if r == 0 {
+        // SAFETY: the child leaves at once.
         unsafe { libc::_exit(0) }
     }
     if r < 0 {
         return Err(Errno::last());
     }
     let mut st = 0;
+    // SAFETY: reaps our own child.
     unsafe { libc::waitpid(r as i32, &mut st, 0) };
     Ok(())
 }
