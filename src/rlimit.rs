@@ -187,6 +187,9 @@ impl RlimitPlan {
                     }
                 ));
             }
+            // The highest hard limit the plugin can set: any with CAP_SYS_RESOURCE, else the
+            // caller's own.
+            let mut ceiling = libc::RLIM_INFINITY;
             if !can_raise {
                 let mut cur = libc::rlimit64 {
                     rlim_cur: 0,
@@ -194,6 +197,7 @@ impl RlimitPlan {
                 };
                 // SAFETY: reads this process's limit into `cur`.
                 unsafe { libc::prlimit64(0, res, std::ptr::null(), &mut cur) };
+                ceiling = cur.rlim_max;
                 if soft > cur.rlim_max {
                     return Err(format!(
                         "rlimits.{} = {} is above the caller's hard limit {}, and raising a \
@@ -209,9 +213,10 @@ impl RlimitPlan {
                 }
             }
             // CPU: the hard limit one second later, so the plugin first gets SIGXCPU (and a
-            // diagnosis that says so) rather than a bare SIGKILL.
+            // diagnosis that says so) rather than a bare SIGKILL; never above what the
+            // plugin may set (a caller's hard limit equal to the soft one stays so).
             let hard = if resource == libc::RLIMIT_CPU as u32 && soft != libc::RLIM_INFINITY {
-                soft.saturating_add(1)
+                soft.saturating_add(1).min(ceiling)
             } else {
                 soft
             };
@@ -289,6 +294,44 @@ mod tests {
         ] {
             assert!(toml::from_str::<RlimitsConfig>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cpu_hard_limit_never_above_what_the_caller_may_set() {
+        // A caller whose hard CPU limit is the profile's value: without CAP_SYS_RESOURCE the
+        // plugin cannot get soft + 1 (setrlimit would fail with EPERM), so hard stays.
+        const SECS: u64 = 1 << 40;
+        let lim = libc::rlimit64 {
+            rlim_cur: SECS,
+            rlim_max: SECS,
+        };
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: sets this process's CPU limit far above any run time (and reads the old).
+        let r = unsafe { libc::prlimit64(0, libc::RLIMIT_CPU, &lim, &mut old) };
+        assert_eq!(r, 0);
+        let c: RlimitsConfig = toml::from_str(&format!("cpu = {SECS}")).unwrap();
+        let p = RlimitPlan::new(&c, 1024, false).unwrap();
+        let cpu = p
+            .items()
+            .iter()
+            .find(|i| i.resource == libc::RLIMIT_CPU as u32)
+            .copied()
+            .unwrap();
+        // With the capability, one second of SIGXCPU warning.
+        let q = RlimitPlan::new(&c, 1024, true).unwrap();
+        let cpu_raised = q
+            .items()
+            .iter()
+            .find(|i| i.resource == libc::RLIMIT_CPU as u32)
+            .copied()
+            .unwrap();
+        // SAFETY: restores the old limit (raising it back needs root; harmless otherwise).
+        unsafe { libc::prlimit64(0, libc::RLIMIT_CPU, &old, std::ptr::null_mut()) };
+        assert_eq!((cpu.soft, cpu.hard), (SECS, SECS));
+        assert_eq!((cpu_raised.soft, cpu_raised.hard), (SECS, SECS + 1));
     }
 
     #[test]

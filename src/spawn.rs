@@ -277,44 +277,46 @@ pub(crate) fn check(ret: c_int) -> Result<c_int, Errno> {
 }
 
 /// This process's parent pid as the host sees it (field 4 of the host's `/proc/self/stat`),
-/// or -1 when it cannot be read. Async-signal-safe: a stack buffer, no allocation.
+/// or why it cannot be read (`EINVAL`: not in the expected form). Async-signal-safe: a stack
+/// buffer, no allocation.
 ///
 /// # Safety
 /// Child-side; plain syscalls on a local buffer.
-unsafe fn parent_in_host_view() -> i32 {
+unsafe fn parent_in_host_view() -> Result<i32, Errno> {
     let fd = libc::open(
         c"/proc/self/stat".as_ptr(),
         libc::O_RDONLY | libc::O_CLOEXEC,
     );
     if fd < 0 {
-        return -1;
+        return Err(Errno::last());
     }
     let mut buf = [0u8; 512];
     let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+    let read_errno = Errno::last();
     libc::close(fd);
-    if n <= 0 {
-        return -1;
+    if n < 0 {
+        return Err(read_errno);
     }
     let line = &buf[..n as usize];
     // "pid (comm) S ppid ...": the command may hold spaces and ')', so count after the last.
     let Some(close) = line.iter().rposition(|&b| b == b')') else {
-        return -1;
+        return Err(Errno::EINVAL);
     };
     let mut fields = line[close + 1..]
         .split(|&b| b == b' ')
         .filter(|f| !f.is_empty());
     let _state = fields.next();
     let Some(ppid) = fields.next() else {
-        return -1;
+        return Err(Errno::EINVAL);
     };
     let mut v: i32 = 0;
     for &d in ppid {
         if !d.is_ascii_digit() {
-            return -1;
+            return Err(Errno::EINVAL);
         }
         v = v.saturating_mul(10).saturating_add((d - b'0') as i32);
     }
-    v
+    Ok(v)
 }
 
 /// The init's steps, in the order the kernel needs them, then the init loop.
@@ -342,8 +344,13 @@ unsafe fn child_main(ctx: &ChildCtx) -> ! {
     // (with the whole host SIGKILLed) the child has been handed to a subreaper. In a new PID
     // namespace getppid() says 0, but the host's /proc is still mounted here and tells our
     // parent in the host's view: it must still be the host.
-    if !plan.detach && fds.host_pid > 0 && parent_in_host_view() != fds.host_pid {
-        libc::_exit(125);
+    if !plan.detach && fds.host_pid > 0 {
+        match parent_in_host_view() {
+            // The host is gone: nobody is there to read a record.
+            Ok(ppid) if ppid != fds.host_pid => libc::_exit(125),
+            Ok(_) => {}
+            Err(err) => fail(e, Step::DeathSignal, err),
+        }
     }
     // No PR_SET_DUMPABLE here: dumpability belongs to the address space, which is the host's
     // until the exec of sandbox-init, and sandbox-init makes itself non-dumpable. Nothing of
