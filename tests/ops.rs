@@ -316,6 +316,20 @@ fn completions_for_each_shell() {
         );
     }
     assert_eq!(run(&["completions", "tcsh"]).status.code(), Some(2));
+    // A reader that stops at once (`| head -1`): no panic, whatever the write says.
+    for sub in [["completions", "bash"], ["man", "bash"]] {
+        let mut child = std::process::Command::new(bin())
+            .args(&sub[..if sub[0] == "man" { 1 } else { 2 }])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{sub:?}: {err}");
+        assert!(o.status.code().is_some(), "{sub:?}: {:?}", o.status);
+    }
 }
 
 #[test]

@@ -235,8 +235,12 @@ fn main() -> ExitCode {
         Some(Sub::Ps { json }) => return ps(json),
         Some(Sub::Kill { ref id }) => return kill(id),
         Some(Sub::Completions { shell }) => {
+            // Rendered into memory first: clap_complete panics on a write error, and a reader
+            // that stops early (`| head`) is no reason to panic.
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "sandbox-run", &mut std::io::stdout());
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "sandbox-run", &mut out);
+            let _ = std::io::stdout().write_all(&out);
             return ExitCode::SUCCESS;
         }
         Some(Sub::Man) => {
