@@ -18,6 +18,8 @@ fn main() {
             "-static",
             "-nostdlib",
             "-ffreestanding",
+            "-fno-builtin",
+            "-fno-tree-loop-distribute-patterns",
             "-fno-stack-protector",
             "-fno-asynchronous-unwind-tables",
             "-fno-pie",

@@ -38,6 +38,7 @@ mod net;
 pub mod pid;
 pub mod plan;
 pub mod profile;
+mod reaper;
 pub mod reattach;
 pub mod rlimit;
 pub mod runner;

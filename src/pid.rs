@@ -76,7 +76,7 @@ const fn forward_mask() -> u64 {
 
 /// Writes `v` in decimal into `buf`, NUL-terminated, and returns a pointer to it.
 /// Async-signal-safe (no allocation).
-fn decimal(mut v: u64, buf: &mut [u8; 24]) -> *const libc::c_char {
+pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 24]) -> *const libc::c_char {
     let mut i = buf.len() - 1;
     buf[i] = 0;
     loop {

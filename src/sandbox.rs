@@ -72,6 +72,9 @@ pub struct SandboxRunner {
     stdin_relay: Option<tokio::task::JoinHandle<()>>,
     /// The translator over the socket directory, once started.
     sockets: Option<SocketDir>,
+    /// This attached sandbox's registration with the reaper, which cleans up after a host
+    /// that dies without doing it itself; dropped (unregistered) after the host's cleanup.
+    reaped: Option<crate::reaper::Registration>,
 }
 
 impl SandboxRunner {
@@ -137,6 +140,7 @@ impl SandboxRunner {
             setup_error: Mutex::new(None),
             socket_host,
             sockets: None,
+            reaped: None,
             cgroup_paths: Vec::new(),
             relays: Mutex::new(Vec::new()),
             stdin_relay: None,
@@ -515,6 +519,26 @@ impl SandboxRunner {
                 Err(e) => return Err(e.into()),
             }
         };
+        if !self.plan.detach {
+            // Everything this sandbox owns on the host, for the reaper, should the host die
+            // before it cleans up itself (from here on, even in the middle of this start).
+            let cgroups = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
+            let cgroups: Vec<&std::path::Path> = cgroups.iter().map(|p| p.as_path()).collect();
+            let record = cgroup.as_ref().and_then(|c| c.record_path());
+            let mut trees: Vec<&std::path::Path> =
+                state_guard.0.iter().map(|d| d.as_path()).collect();
+            let links = match (&self.sockets, &self.socket_host) {
+                (Some(sd), Some((_, true))) => Some(sd.links_dir().to_path_buf()),
+                _ => None,
+            };
+            trees.extend(links.as_deref());
+            self.reaped = Some(crate::reaper::register(
+                &self.id,
+                &cgroups,
+                &trees,
+                &record.into_iter().collect::<Vec<_>>(),
+            ));
+        }
         // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
         // v1 by moving the spawner thread for the clone), else attached by pid below.
         let placement = match cgroup.as_ref() {
@@ -847,6 +871,8 @@ impl Drop for SandboxRunner {
                 let _ = std::fs::remove_dir_all(links);
             }
         }
+        // Cleaned up: the reaper can forget it.
+        drop(self.reaped.take());
     }
 }
 

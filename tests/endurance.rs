@@ -572,12 +572,23 @@ async fn children_gone(limit: Duration, known: &BTreeSet<i32>) -> Result<(), Vec
 /// end, against a snapshot taken after a warm-up: the same mount table, fds and number of
 /// threads, no new descendant or zombie, no cgroup directory, state directory or owner
 /// record of this test's sandboxes (nor an empty `sandbox-runner` container).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_kill_cycles_interrupted_at_every_stage_leave_nothing() {
+#[test]
+fn start_kill_cycles_interrupted_at_every_stage_leave_nothing() {
+    // The lock first, then the runtime: its fds must not appear in the middle of another
+    // test's before/after comparison.
     let _g = serial();
     if !privileged() {
         return;
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(start_kill_cycles());
+}
+
+async fn start_kill_cycles() {
     let cycles = knob("ENDURANCE_CYCLES", 1000, 50);
     let mut rng = Rng::from_env("start_kill_cycles");
     let default = Profile::builtin("default").unwrap();
@@ -852,7 +863,22 @@ impl Subreaper {
 
 impl Drop for Subreaper {
     fn drop(&mut self) {
-        Subreaper::reap();
+        // The hosts' reapers (see src/reaper.rs) were reparented here when their hosts
+        // ended, and leave within a moment (2 s at most): wait for them too, so that no
+        // zombie of theirs stays for the next test to find.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid with WNOHANG on any child; status is a plain int.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if r > 0 {
+                continue;
+            }
+            if r < 0 || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // SAFETY: as in `set`.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
     }
@@ -1074,8 +1100,8 @@ fn host_stage(host: i32) -> &'static str {
 /// table. What the library keeps for a minute on purpose (an owner record or a state
 /// directory whose host died while writing it) is aged by two minutes instead of waited
 /// for, and a second `check --cleanup` must remove it. Finally, a go-plugin host killed
-/// while its plugin runs leaves its cgroups and socket directory, and the next start
-/// (`sandbox-run -- /bin/true`) reclaims both.
+/// while its plugin runs leaves nothing within 2 s with no later start (its reaper removes
+/// its cgroups, owner record and socket directory), and the next start still works.
 ///
 /// The hosts use a private state root and records directory (`SANDBOX_RUNNER_STATE_DIR`,
 /// `SANDBOX_RUNNER_RUN_DIR`), so sandboxes that others run on this machine meanwhile
@@ -1271,8 +1297,8 @@ fn host_sigkilled_during_setup_leaves_no_orphan_and_cleanup_reclaims_the_rest() 
             .map(|l| format!("after check --cleanup: {l}")),
     );
 
-    // The next start reclaims too: a go-plugin host killed while its plugin runs leaves its
-    // cgroups and its state (socket) directory.
+    // A go-plugin host killed while its plugin runs leaves nothing within 2 s, with no
+    // later start: its reaper removes its cgroups, record and state (socket) directory.
     let (records_before, state_before) = (entries(&cli.records()), entries(&cli.state_root));
     let mut host = cli
         .command(&[
@@ -1297,6 +1323,16 @@ fn host_sigkilled_during_setup_leaves_no_orphan_and_cleanup_reclaims_the_rest() 
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("1|1|unix|/"), "{line:?}");
+    let leaves: Vec<PathBuf> = cli
+        .recorded_cgroups()
+        .into_iter()
+        .filter(|p| !names_one_of(p, &names(&records_before)))
+        .collect();
+    if leaves.is_empty() || !leaves.iter().all(|p| p.exists()) {
+        problems.push(format!(
+            "the go-plugin host's cgroups are not there: {leaves:?}"
+        ));
+    }
     let _ = host.kill();
     host.wait().unwrap();
     if let Err(survivors) = orphans_gone(Duration::from_secs(2)) {
@@ -1304,20 +1340,28 @@ fn host_sigkilled_during_setup_leaves_no_orphan_and_cleanup_reclaims_the_rest() 
             "a host killed while its plugin ran left: {survivors}"
         ));
     }
-    let stale: Vec<PathBuf> = cli
-        .recorded_cgroups()
-        .into_iter()
-        .filter(|p| !names_one_of(p, &names(&records_before)))
-        .collect();
-    let stale_state: Vec<PathBuf> = entries(&cli.state_root)
-        .difference(&state_before)
-        .cloned()
-        .collect();
-    if stale.is_empty() || !stale.iter().all(|p| p.exists()) || stale_state.is_empty() {
-        problems.push(format!(
-            "a go-plugin host killed while its plugin ran should leave its cgroups and state \
-             directory (for the next start to reclaim): {stale:?} {stale_state:?}"
-        ));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left_leaves: Vec<&PathBuf> = leaves.iter().filter(|p| p.exists()).collect();
+        let left_state: Vec<PathBuf> = entries(&cli.state_root)
+            .difference(&state_before)
+            .cloned()
+            .collect();
+        let left_records: Vec<PathBuf> = entries(&cli.records())
+            .difference(&records_before)
+            .cloned()
+            .collect();
+        if left_leaves.is_empty() && left_state.is_empty() && left_records.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            problems.push(format!(
+                "2 s after a go-plugin host was killed while its plugin ran, with no later \
+                 start: cgroups {left_leaves:?}, state {left_state:?}, records {left_records:?}"
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let st = cli.command(&["--", "/bin/true"]).status().unwrap();
     assert!(st.success(), "the next start: {st}");

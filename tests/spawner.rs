@@ -237,3 +237,86 @@ async fn a_host_with_a_big_heap_that_keeps_writing_pins_nothing_per_sandbox() {
     drop(heap);
     before.assert_unchanged();
 }
+
+/// The entries of a directory (empty when it does not exist).
+fn entries(dir: &std::path::Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// `sandbox-run` started with `args`, SIGKILLed once its plugin printed its first line:
+/// within 2 s, with no later start and no `check --cleanup`, its cgroups, owner record,
+/// state and socket directories are gone (the reaper), and so is every process of it.
+fn sigkilled_cli_host_leaves_nothing(args: &[&str]) {
+    let before = HostState::take();
+    let records = sandbox_runner::cgroup::records_dir();
+    let state = sandbox_runner::state::state_root();
+    let (records_before, state_before) = (entries(&records), entries(&state));
+    let mut host = std::process::Command::new(bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(host.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(!line.is_empty(), "{args:?}: the plugin said nothing");
+    // It really had something to leave.
+    assert_ne!(
+        entries(&records),
+        records_before,
+        "{args:?}: no owner record"
+    );
+    let _ = host.kill();
+    host.wait().unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(2);
+    loop {
+        let left_records = entries(&records) != records_before;
+        let left_state = entries(&state) != state_before;
+        let left_cgroups = own_cgroup_dirs() != before.cgroups;
+        if !(left_records || left_state || left_cgroups) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?}: 2 s after the host's SIGKILL: records {left_records}, state \
+             {left_state}, cgroups {left_cgroups}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{args:?}: nothing left {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+    before.assert_unchanged();
+}
+
+#[test]
+fn a_sigkilled_cli_host_leaves_nothing_within_two_seconds() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    sigkilled_cli_host_leaves_nothing(&["--", "/bin/sh", "-c", "echo up; exec sleep 100"]);
+    // The go-plugin profile: a state directory with the socket directory, which the plugin
+    // fills with a socket and a small tree.
+    sigkilled_cli_host_leaves_nothing(&[
+        "--profile",
+        "go-plugin",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "import os, socket, time\n\
+         d = os.environ['PLUGIN_UNIX_SOCKET_DIR']\n\
+         s = socket.socket(socket.AF_UNIX); s.bind(d + '/p.sock'); s.listen()\n\
+         os.makedirs(d + '/a/b/c'); open(d + '/a/b/c/f', 'w').write('x')\n\
+         print('1|1|unix|' + d + '/p.sock|grpc', flush=True)\n\
+         time.sleep(100)",
+    ]);
+}

@@ -9,6 +9,7 @@
  * Freestanding (no libc): raw system calls only, no allocation, no globals written.
  *
  *   argv: sandbox-init PLUGIN_PID STATUS_FD GO_FD FORWARD_MASK
+ *   argv: sandbox-reaper SOCKET_FD            (the reaper mode, see reap() below)
  *
  * 1. makes itself non-dumpable, so nothing in the sandbox can ptrace it or read its memory;
  * 2. blocks every signal (32 and 33 included) and resets every action to its default;
@@ -30,6 +31,13 @@
 #define NR_rt_sigtimedwait 128
 #define NR_prctl 157
 #define NR_exit_group 231
+#define NR_read 0
+#define NR_openat 257
+#define NR_unlinkat 263
+#define NR_getdents64 217
+#define NR_nanosleep 35
+#define NR_setsid 112
+#define NR_clone 56
 
 static long sys(long n, long a, long b, long c, long d)
 {
@@ -61,6 +69,13 @@ __asm__(".text\n"
 #define NR_rt_sigtimedwait 137
 #define NR_prctl 167
 #define NR_exit_group 94
+#define NR_read 63
+#define NR_openat 56
+#define NR_unlinkat 35
+#define NR_getdents64 61
+#define NR_nanosleep 101
+#define NR_setsid 157
+#define NR_clone 220
 
 static long sys(long n, long a, long b, long c, long d)
 {
@@ -89,6 +104,7 @@ __asm__(".text\n"
 #endif
 
 #define PR_SET_DUMPABLE 4
+#define PR_SET_NAME 15
 #define SIG_SETMASK 2
 #define SIGKILL 9
 #define SIGSTOP 19
@@ -120,10 +136,260 @@ static long number(const char *s)
 	return v;
 }
 
+/* ---------------------------------------------------------------- the reaper mode
+ *
+ * One reaper per host process, started once, not a child of any sandbox. The host sends it,
+ * over a SOCK_SEQPACKET socket, one message per attached sandbox it starts and one when it
+ * has cleaned that sandbox up itself:
+ *
+ *   "+" ID "\0" (KIND PATH "\0")...     KIND: 'c' cgroup dir, 'd' directory tree, 'r' record
+ *   "-" ID "\0"
+ *
+ * When the socket reaches end of file, the host is gone (its sandboxes die with it through
+ * their death signal). For every sandbox still registered, the reaper then kills what is
+ * left in its cgroups (cgroup.kill, v2), removes them (retrying while busy, 2 s in all),
+ * tries their shared "sandbox-runner" parent, removes the directory trees (bounded depth),
+ * and deletes the owner records last, only when every cgroup is gone (otherwise a later
+ * start or `check --cleanup` still finds them). Then it exits. Every path is absolute and
+ * was chosen by the host; nothing the sandbox wrote is followed (O_NOFOLLOW, no symlinks).
+ */
+
+#define O_RDONLY 0
+#define O_WRONLY 1
+#define O_DIRECTORY 0200000
+#define O_NOFOLLOW 0400000
+#define O_CLOEXEC 02000000
+#define AT_FDCWD -100
+#define AT_REMOVEDIR 0x200
+#define EINTR 4
+#define EBUSY 16
+#define EISDIR 21
+#define ENOENT 2
+
+/* The registered sandboxes: records of [len:u32][message without its '+'], back to back. */
+static char arena[1 << 20];
+static unsigned long used;
+
+static unsigned long len_of(const char *s)
+{
+	unsigned long n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+static int same(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return *a == *b;
+}
+
+static void copy(char *d, const char *s, unsigned long n)
+{
+	while (n--)
+		*d++ = *s++;
+}
+
+static void forget(const char *id)
+{
+	unsigned long off = 0;
+	while (off < used) {
+		unsigned int n = *(unsigned int *)(arena + off);
+		if (same(arena + off + 4, id)) {
+			unsigned long next = off + 4 + n;
+			copy(arena + off, arena + next, used - next);
+			used -= next - off;
+			return;
+		}
+		off += 4 + n;
+	}
+}
+
+static void remember(const char *msg, unsigned long n)
+{
+	/* Full: the host's own reclaim (next start, check --cleanup) still covers it. */
+	if (n == 0 || used + 4 + n > sizeof(arena))
+		return;
+	*(unsigned int *)(arena + used) = (unsigned int)n;
+	copy(arena + used + 4, msg, n);
+	used += 4 + n;
+}
+
+static void nap_ms(long ms)
+{
+	long ts[2] = { 0, ms * 1000000L };
+	sys(NR_nanosleep, (long)ts, 0, 0, 0);
+}
+
+/* Removes dirfd/name and everything below it, down to a bounded depth, never following a
+ * symbolic link. Returns whether it is gone. */
+static int remove_tree(long dirfd, const char *name, int depth)
+{
+	long r = sys(NR_unlinkat, dirfd, (long)name, 0, 0);
+	if (r == 0 || r == -ENOENT)
+		return 1;
+	if (r != -EISDIR)
+		return 0;
+	if (depth < 64) {
+		long fd = sys(NR_openat, dirfd, (long)name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+		if (fd >= 0) {
+			char buf[2048];
+			int pass, removed = 1;
+			/* Listing while removing may skip entries: list again until a pass removes none. */
+			for (pass = 0; pass < 64 && removed; pass++) {
+				long n, pos;
+				removed = 0;
+				while ((n = sys(NR_getdents64, fd, (long)buf, sizeof(buf), 0)) > 0) {
+					for (pos = 0; pos < n;) {
+						unsigned short reclen = *(unsigned short *)(buf + pos + 16);
+						const char *d = buf + pos + 19;
+						if (!(d[0] == '.' && (d[1] == 0 || (d[1] == '.' && d[2] == 0))) &&
+						    remove_tree(fd, d, depth + 1))
+							removed = 1;
+						pos += reclen;
+					}
+				}
+				if (removed) {
+					sys(NR_close, fd, 0, 0, 0);
+					fd = sys(NR_openat, dirfd, (long)name,
+						 O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+					if (fd < 0)
+						break;
+				}
+			}
+			if (fd >= 0)
+				sys(NR_close, fd, 0, 0, 0);
+		}
+	}
+	r = sys(NR_unlinkat, dirfd, (long)name, AT_REMOVEDIR, 0);
+	return r == 0 || r == -ENOENT;
+}
+
+/* path + "/" + leaf into buf, or 0 when it does not fit. */
+static const char *join(char *buf, unsigned long size, const char *path, const char *leaf)
+{
+	unsigned long a = len_of(path), b = len_of(leaf);
+	if (a + 1 + b + 1 > size)
+		return 0;
+	copy(buf, path, a);
+	buf[a] = '/';
+	copy(buf + a + 1, leaf, b + 1);
+	return buf;
+}
+
+/* Removes the cgroups of one record; returns whether none is left. */
+static int remove_cgroups(const char *rec, unsigned long n, int kill)
+{
+	unsigned long pos = len_of(rec) + 1;
+	int left = 0;
+	while (pos < n) {
+		const char *item = rec + pos;
+		pos += len_of(item) + 1;
+		if (item[0] != 'c')
+			continue;
+		if (kill) {
+			char buf[4096];
+			const char *p = join(buf, sizeof(buf), item + 1, "cgroup.kill");
+			long fd = p ? sys(NR_openat, AT_FDCWD, (long)p, O_WRONLY | O_CLOEXEC, 0) : -1;
+			if (fd >= 0) {
+				sys(NR_write, fd, (long)"1", 1, 0);
+				sys(NR_close, fd, 0, 0, 0);
+			}
+		}
+		long r = sys(NR_unlinkat, AT_FDCWD, (long)(item + 1), AT_REMOVEDIR, 0);
+		if (r != 0 && r != -ENOENT)
+			left = 1;
+	}
+	return !left;
+}
+
+static void cleanup_one(const char *rec, unsigned long n, int cgroups_gone)
+{
+	unsigned long pos = len_of(rec) + 1;
+	while (pos < n) {
+		const char *item = rec + pos;
+		pos += len_of(item) + 1;
+		if (item[0] == 'c') {
+			/* The shared parent, when this was its last sandbox (EBUSY otherwise). */
+			char parent[4096];
+			unsigned long k = len_of(item + 1);
+			if (k >= sizeof(parent))
+				continue;
+			copy(parent, item + 1, k + 1);
+			while (k > 0 && parent[k] != '/')
+				k--;
+			parent[k] = 0;
+			if (k >= 15 && same(parent + k - 15, "/sandbox-runner"))
+				sys(NR_unlinkat, AT_FDCWD, (long)parent, AT_REMOVEDIR, 0);
+		} else if (item[0] == 'd') {
+			remove_tree(AT_FDCWD, item + 1, 0);
+		} else if (item[0] == 'r' && cgroups_gone) {
+			sys(NR_unlinkat, AT_FDCWD, (long)(item + 1), 0, 0);
+		}
+	}
+}
+
+static __attribute__((noreturn)) void reap(long sock)
+{
+	static char msg[65536];
+	unsigned long all = ~0UL;
+	unsigned long off;
+	int round;
+
+	sys(NR_rt_sigprocmask, SIG_SETMASK, (long)&all, 0, sizeof(all));
+	/* Leave the host: the first process exits at once (the host reaps it), the second goes
+	 * on, reparented to the system's init (or the host's subreaper), never the host's child,
+	 * so a host that waits for its children never waits for it. */
+	long child = sys(NR_clone, SIGCHLD, 0, 0, 0);
+	if (child != 0)
+		die(child > 0 ? 0 : 125);
+	sys(NR_prctl, PR_SET_NAME, (long)"sandbox-reaper", 0, 0);
+	/* Out of the host's session: a terminal's ^C to the host's group must not reach us. */
+	sys(NR_setsid, 0, 0, 0, 0);
+	for (;;) {
+		long n = sys(NR_read, sock, (long)msg, sizeof(msg) - 1, 0);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		msg[n] = 0;
+		if (msg[0] == '+')
+			remember(msg + 1, (unsigned long)n - 1);
+		else if (msg[0] == '-')
+			forget(msg + 1);
+	}
+	/* The host is gone. Its sandboxes die with it; wait for their cgroups to empty. */
+	for (round = 0; round < 200; round++) {
+		int all_gone = 1;
+		for (off = 0; off < used;) {
+			unsigned int n = *(unsigned int *)(arena + off);
+			if (!remove_cgroups(arena + off + 4, n, round == 0))
+				all_gone = 0;
+			off += 4 + n;
+		}
+		if (all_gone)
+			break;
+		nap_ms(10);
+	}
+	for (off = 0; off < used;) {
+		unsigned int n = *(unsigned int *)(arena + off);
+		cleanup_one(arena + off + 4, n, remove_cgroups(arena + off + 4, n, 0));
+		off += 4 + n;
+	}
+	die(0);
+}
+
 __attribute__((noreturn, used)) void start_c(long *sp)
 {
 	long argc = sp[0];
 	char **argv = (char **)(sp + 1);
+	if (argc == 2) {
+		long sock = number(argv[1]);
+		if (sock < 0)
+			die(125);
+		reap(sock);
+	}
 	unsigned long all = ~0UL;
 	struct ksigaction dfl = { 0, 0, 0, 0 };
 	long plugin, status_fd, go_fd, sig;
@@ -140,6 +406,7 @@ __attribute__((noreturn, used)) void start_c(long *sp)
 		die(125);
 	if (sys(NR_prctl, PR_SET_DUMPABLE, 0, 0, 0) != 0)
 		die(125);
+	sys(NR_prctl, PR_SET_NAME, (long)"sandbox-init", 0, 0);
 	if (sys(NR_rt_sigprocmask, SIG_SETMASK, (long)&all, 0, sizeof(all)) != 0)
 		die(125);
 	for (sig = 1; sig <= 64; sig++)
