@@ -80,6 +80,12 @@ pub struct Profile {
     /// the state directory so another process can reattach, wait, kill and translate.
     #[serde(default)]
     pub detach: bool,
+    /// `sandbox-run` (and so its sandbox) dies when the process that started it dies, like
+    /// bubblewrap's `--die-with-parent`: a go-plugin host SIGKILLed after the handshake
+    /// takes its plugin with it. The library's sandboxes die with their host process anyway;
+    /// this key is for the CLI. No effect with `detach`.
+    #[serde(default)]
+    pub die_with_parent: bool,
     /// Capabilities the plugin keeps (e.g. `"CAP_NET_BIND_SERVICE"`); all others are dropped
     /// from every set, the bounding set included.
     #[serde(default)]
@@ -240,6 +246,7 @@ impl Default for Profile {
             mount: Vec::new(),
             keep_capabilities: Vec::new(),
             detach: false,
+            die_with_parent: false,
             seccomp: crate::seccomp::SeccompConfig::default(),
             rlimits: crate::rlimit::RlimitsConfig::default(),
             landlock: crate::landlock::LandlockConfig::default(),

@@ -682,6 +682,97 @@ fn stale_state_is_refused_and_never_signalled() {
     // We are still alive: nothing was sent to the reused pid.
 }
 
+/// Whether `pid` still runs (not gone, not a zombie).
+fn runs(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A go-plugin host (python3 here) that starts `sandbox-run ARGS`, reads the handshake (and
+/// the plugin's one other stdout line, so nothing more is written to the dead host's pipe),
+/// and is then SIGKILLed: returns sandbox-run's pid once its host is dead.
+fn host_killed_after_handshake(args: &[&str]) -> i32 {
+    let host = "import subprocess, sys, time\n\
+                p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)\n\
+                line = p.stdout.readline().decode().strip()\n\
+                p.stdout.readline()\n\
+                print(p.pid, line, flush=True)\n\
+                time.sleep(100)";
+    let mut c = Command::new("/usr/bin/python3");
+    c.args(["-c", host]).arg(bin()).args(args);
+    c.env(COOKIE_KEY, COOKIE)
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .stdin(PStdio::null())
+        .stdout(PStdio::piped());
+    let mut host = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (pid, hs) = line.trim().split_once(' ').unwrap();
+    assert!(hs.starts_with("1|1|unix|/"), "no handshake: {line:?}");
+    let _ = host.kill();
+    host.wait().unwrap();
+    pid.parse().unwrap()
+}
+
+/// go-plugin profile: a host SIGKILLed after the handshake takes sandbox-run and its plugin
+/// along (die_with_parent), and nothing of the sandbox is left within 2 s. Control: with
+/// `die_with_parent = false`, sandbox-run outlives its host.
+fn sandbox_run_dies_with_a_sigkilled_go_plugin_host() {
+    let before = HostState::take();
+    let p = exe();
+    let run = host_killed_after_handshake(&[
+        "--profile",
+        "go-plugin",
+        "--",
+        p.to_str().unwrap(),
+        "plugin",
+        "normal",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while runs(run) {
+        assert!(
+            Instant::now() < deadline,
+            "sandbox-run {run} outlived its host by 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    before.assert_unchanged();
+
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("keep.toml");
+    std::fs::write(
+        &profile,
+        "extends = \"go-plugin\"\ndie_with_parent = false\n",
+    )
+    .unwrap();
+    let run = host_killed_after_handshake(&[
+        "--profile",
+        profile.to_str().unwrap(),
+        "--",
+        p.to_str().unwrap(),
+        "plugin",
+        "normal",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let survived = runs(run);
+    let stat = std::fs::read_to_string(format!("/proc/{run}/stat")).unwrap_or_default();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(
+        survived,
+        "control: without die_with_parent sandbox-run should outlive its host: {stat}"
+    );
+}
+
 // ---------------------------------------------------------------- a tiny harness
 
 fn main() {
@@ -714,6 +805,10 @@ fn main() {
         (
             "handshake_bypass_shapes_are_refused",
             handshake_bypass_shapes_are_refused,
+        ),
+        (
+            "sandbox_run_dies_with_a_sigkilled_go_plugin_host",
+            sandbox_run_dies_with_a_sigkilled_go_plugin_host,
         ),
         (
             "socket_swapped_for_a_symlink_never_reaches_the_host_socket",

@@ -93,6 +93,11 @@ struct Cli {
     #[arg(long)]
     detach: bool,
 
+    /// Die (and take the sandbox along) when the process that started sandbox-run dies, like
+    /// bwrap's --die-with-parent; the profile key `die_with_parent` (on in `go-plugin`).
+    #[arg(long)]
+    die_with_parent: bool,
+
     /// Run in a user namespace (root inside = you outside) even as root; the profile's
     /// `rootless = "auto"` already does when not root.
     #[arg(long)]
@@ -194,6 +199,8 @@ fn cli_mounts(m: &clap::ArgMatches) -> Result<Vec<MountSpec>, String> {
 }
 
 fn main() -> ExitCode {
+    // Who started us, before anything else: `--die-with-parent` checks it is still there.
+    let parent = nix::unistd::getppid();
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -269,7 +276,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(run(cli, extra_mounts)),
+        Ok(rt) => rt.block_on(run(cli, extra_mounts, parent)),
         Err(e) => {
             eprintln!("sandbox-run: cannot start the async runtime: {e}");
             125
@@ -278,7 +285,7 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
+async fn run(cli: Cli, extra_mounts: Vec<MountSpec>, parent: nix::unistd::Pid) -> i32 {
     let mut profile = match Profile::load(&cli.profile) {
         Ok(p) => p,
         Err(e) => {
@@ -329,6 +336,35 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>) -> i32 {
                  stays to time it",
                 sandbox_runner::profile::format_duration(t.0)
             );
+        }
+    }
+    if cli.die_with_parent {
+        profile.die_with_parent = true;
+    }
+    if profile.die_with_parent && !profile.detach {
+        // SIGKILL when the parent dies; our sandboxes then die with us (their own death
+        // signal) and our reaper removes what they leave. A parent already gone by now
+        // sends no signal: then we stop here.
+        // SAFETY: plain prctl on this process.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            eprintln!(
+                "sandbox-run: die_with_parent: prctl(PR_SET_PDEATHSIG): {}",
+                std::io::Error::last_os_error()
+            );
+            return 125;
+        }
+        if nix::unistd::getppid() != parent {
+            eprintln!("sandbox-run: die_with_parent: the process that started sandbox-run is gone");
+            return 125;
         }
     }
     if cli.rootless {
