@@ -81,7 +81,8 @@ fn a_plugin_that_ignores_term_is_killed_after_the_grace_period() {
     let profile = dir.path().join("p.toml");
     std::fs::write(
         &profile,
-        "extends = \"default\"\nkill_grace = \"300ms\"\n[limits]\ntimeout = \"300ms\"\n",
+        // A limit long enough for the shell to set its trap even in the emulated v2 guest.
+        "extends = \"default\"\nkill_grace = \"300ms\"\n[limits]\ntimeout = \"2s\"\n",
     )
     .unwrap();
     let diag = dir.path().join("d.json");
@@ -108,7 +109,7 @@ fn a_plugin_that_ignores_term_is_killed_after_the_grace_period() {
     assert_eq!(d["timed_out"], true, "{d}");
     assert_eq!(d["signal_name"], "SIGKILL", "{d}");
     assert!(
-        stderr(&o).contains("stopped at its time limit of 300ms; killed by SIGKILL"),
+        stderr(&o).contains("stopped at its time limit of 2s; killed by SIGKILL"),
         "{}",
         stderr(&o)
     );
