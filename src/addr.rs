@@ -782,6 +782,30 @@ impl AddrTranslator for SocketDir {
     }
 }
 
+/// Translation when no socket directory is shared: tcp passes only with the host network.
+pub(crate) fn translate_shared(
+    host_network: bool,
+    network: &str,
+    addr: &str,
+) -> Result<(String, String), AddrError> {
+    let private_net = !host_network;
+    match network {
+        "tcp" | "tcp4" | "tcp6" if !private_net => Ok((network.into(), addr.into())),
+        "tcp" | "tcp4" | "tcp6" => Err(AddrError::Unsupported {
+            network: network.into(),
+            why: "the sandbox has its own network namespace; its loopback is not the host's".into(),
+        }),
+        "unix" => Err(AddrError::Refused {
+            addr: addr.into(),
+            why: "this sandbox shares no socket directory with the host".into(),
+        }),
+        other => Err(AddrError::Unsupported {
+            network: other.into(),
+            why: "only unix and tcp addresses are known".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use nix::errno::Errno;
 use std::path::PathBuf;
 
-use crate::spawn::Step;
+use crate::child::Step;
 
 /// A profile that could not be found, read or understood.
 #[derive(Debug, thiserror::Error)]

@@ -17,16 +17,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map, one kernel mechanism per file: [`spawn`] (clone3, child steps, error pipe),
-//! `pid` (the init), `mnt` (mounts), `net` (loopback), `uts` (hostname), [`profile`] and
-//! [`plan`] (from TOML to ready data), [`sandbox`] (the runner), [`check`] (host support).
+//! Module map: [`child`] (the spawner thread and everything between `clone3` and `execve`,
+//! one file per kernel mechanism, importing nothing of the rest), [`profile`] and [`plan`]
+//! (from TOML to the data the child reads), [`sandbox`] (the runner), [`cgroup`], [`check`]
+//! (host support).
 
 #![warn(missing_docs)]
 
 pub mod addr;
-mod capability;
 pub mod cgroup;
 pub mod check;
+pub mod child;
 pub mod diagnose;
 pub mod egress;
 pub mod error;
@@ -34,8 +35,6 @@ pub mod goplugin;
 pub mod handshake;
 pub mod landlock;
 mod mnt;
-mod net;
-pub mod pid;
 pub mod plan;
 pub mod profile;
 mod reaper;
@@ -44,10 +43,8 @@ pub mod rlimit;
 pub mod runner;
 pub mod sandbox;
 pub mod seccomp;
-pub mod spawn;
 pub mod state;
 pub mod status;
-mod uts;
 
 pub use diagnose::Diagnosis;
 pub use error::{AddrError, Error, ProfileError};

@@ -10,71 +10,12 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
+use crate::child::fds::FdList;
+pub use crate::child::plan::Plan;
+use crate::child::plan::{CStrings, NsFlags};
+use crate::child::Step;
 use crate::error::Error;
-use crate::profile::{Namespaces, Profile, DEFAULT_PATH};
-use crate::spawn::{FdList, Step};
-
-/// The C strings the child passes to system calls.
-pub(crate) struct CStrings {
-    /// `/`, for the propagation change.
-    pub root: CString,
-    /// `/proc`.
-    pub proc_dir: CString,
-    /// `proc`, the file system type (also used as the source name).
-    pub proc_fstype: CString,
-    /// The hostname.
-    pub hostname: CString,
-    /// The plugin's working directory.
-    pub cwd: CString,
-    /// The resolved program path given to `execve`.
-    pub program: CString,
-    /// Where the private root's tmpfs is mounted before `pivot_root`.
-    pub staging: CString,
-    /// `staging` + the old-root directory (pivot_root's `put_old`).
-    pub staging_old: CString,
-    /// The old root after the pivot (`/oldroot`).
-    pub old_root: CString,
-}
-
-/// Everything a sandbox start needs, prepared in the parent.
-pub struct Plan {
-    pub(crate) clone_flags: u64,
-    pub(crate) ns: Namespaces,
-    /// Rootless mode: the sandbox has its own user namespace, where root is the caller
-    /// (the parent writes the single-line uid/gid maps before it lets the child go on).
-    pub(crate) userns: bool,
-    pub(crate) new_session: bool,
-    pub(crate) c: CStrings,
-    pub(crate) private_root: bool,
-    pub(crate) detach: bool,
-    pub(crate) root_ops: Vec<crate::mnt::MountOp>,
-    root_labels: Vec<String>,
-    /// Capabilities the plugin keeps, as a bit mask over capability numbers.
-    pub(crate) keep_caps: u64,
-    /// The uid and gid the plugin runs as.
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    /// The highest capability number this kernel knows (`cap_last_cap`).
-    pub(crate) last_cap: u32,
-    /// The seccomp BPF programs, installed in order just before `execve`.
-    pub(crate) seccomp: Vec<seccompiler::BpfProgram>,
-    /// The resource limits.
-    pub(crate) rlimits: crate::rlimit::RlimitPlan,
-    /// The Landlock ruleset, when the sandbox uses one.
-    pub(crate) landlock: Option<crate::landlock::LandlockPlan>,
-    _argv: Vec<CString>,
-    pub(crate) argv_ptrs: Vec<*const c_char>,
-    _envp: Vec<CString>,
-    pub(crate) envp_ptrs: Vec<*const c_char>,
-    pass: FdList,
-    program_path: PathBuf,
-    env: Vec<(OsString, OsString)>,
-}
-
-// SAFETY: the raw pointers point into the CStrings owned by the same Plan, which is never
-// mutated after construction; sharing it between threads is sharing immutable bytes.
-unsafe impl Send for Plan {}
-unsafe impl Sync for Plan {}
+use crate::profile::{Profile, DEFAULT_PATH};
 
 impl Plan {
     /// Builds the plan for running `program` with `args` under `profile`. `host_env` reads
@@ -236,7 +177,13 @@ impl Plan {
         let (staging, staging_old, old_root) = crate::mnt::staging_paths();
         Ok(Plan {
             clone_flags,
-            ns,
+            ns: NsFlags {
+                mount: ns.mount,
+                pid: ns.pid,
+                net: ns.net,
+                ipc: ns.ipc,
+                uts: ns.uts,
+            },
             userns,
             new_session: profile.new_session,
             c: CStrings {
@@ -274,11 +221,6 @@ impl Plan {
     /// Whether the sandbox runs in its own user namespace (rootless mode).
     pub fn rootless(&self) -> bool {
         self.userns
-    }
-
-    /// The profile's `pass_fds`, sorted.
-    pub fn pass_fds(&self) -> &[RawFd] {
-        self.pass.as_slice()
     }
 
     /// The resolved path of the program.

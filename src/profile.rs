@@ -749,7 +749,7 @@ impl TryFrom<i64> for PassFd {
 }
 
 /// Most fds a profile may pass (the child keeps them in a fixed-size array).
-pub const MAX_PASS_FDS: usize = 16;
+pub const MAX_PASS_FDS: usize = crate::child::fds::MAX_PASS_FDS;
 
 impl Profile {
     /// Parses a profile from TOML text; `origin` names it in errors (a path or

@@ -29,7 +29,7 @@ fn socket() -> Option<&'static OwnedFd> {
         )
         .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error()))
         .and_then(|(ours, theirs)| {
-            crate::spawn::start_reaper(theirs.as_raw_fd())?;
+            crate::child::exe::start_reaper(theirs.as_raw_fd())?;
             Ok(ours)
         });
         match started {

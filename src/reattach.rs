@@ -164,14 +164,14 @@ impl AddrTranslator for Reattached {
     fn plugin_to_host(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
         match &self.sockets {
             Some(sd) => sd.plugin_to_host(network, addr),
-            None => crate::sandbox::translate_shared(self.state.host_network, network, addr),
+            None => crate::addr::translate_shared(self.state.host_network, network, addr),
         }
     }
 
     fn host_to_plugin(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
         match &self.sockets {
             Some(sd) => sd.host_to_plugin(network, addr),
-            None => crate::sandbox::translate_shared(self.state.host_network, network, addr),
+            None => crate::addr::translate_shared(self.state.host_network, network, addr),
         }
     }
 }

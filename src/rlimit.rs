@@ -10,7 +10,7 @@
 // `RLIMIT_*` are `u32` on glibc and `c_int` on musl: the casts are needed on one of them.
 #![allow(clippy::unnecessary_cast)]
 
-use nix::errno::Errno;
+pub(crate) use crate::child::rlimit::{Rlim, RlimitPlan};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -124,24 +124,6 @@ impl Default for RlimitsConfig {
     }
 }
 
-/// Most limits a plan holds.
-const MAX: usize = 8;
-
-/// One limit, ready for `prlimit64`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Rlim {
-    pub resource: u32,
-    pub soft: u64,
-    pub hard: u64,
-}
-
-/// The limits to set in the child, fixed-size.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct RlimitPlan {
-    items: [Rlim; MAX],
-    len: usize,
-}
-
 /// The name of resource `r` (for errors).
 pub(crate) fn resource_name(r: u32) -> &'static str {
     match r {
@@ -231,11 +213,6 @@ impl RlimitPlan {
         }
         Ok(p)
     }
-
-    /// The limits, in order.
-    pub(crate) fn items(&self) -> &[Rlim] {
-        self.items.get(..self.len).unwrap_or(&[])
-    }
 }
 
 /// The kernel's ceiling for `RLIMIT_NOFILE` (`fs.nr_open`).
@@ -244,30 +221,6 @@ pub(crate) fn nr_open() -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1 << 20)
-}
-
-/// Sets every limit of `plan`; on failure, the resource that failed and the errno.
-///
-/// # Safety
-/// Child-side only; async-signal-safe.
-pub(crate) unsafe fn apply(plan: &RlimitPlan) -> Result<(), (u32, Errno)> {
-    for r in plan.items() {
-        let lim = libc::rlimit64 {
-            rlim_cur: r.soft,
-            rlim_max: r.hard,
-        };
-        let ret = libc::syscall(
-            libc::SYS_prlimit64,
-            0 as libc::pid_t,
-            r.resource as libc::c_int,
-            &lim as *const libc::rlimit64,
-            std::ptr::null_mut::<libc::rlimit64>(),
-        );
-        if ret == -1 {
-            return Err((r.resource, Errno::last()));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Parent side ([`compile`]): the profile's `[seccomp]` table becomes BPF programs, compiled
 //! by `seccompiler` for the build target's architecture (x86_64 or aarch64) with its
 //! architecture check (a call made through any other ABI, e.g. i386's `int 0x80`, kills the
-//! process). Child side ([`apply`], async-signal-safe): `seccomp(SECCOMP_SET_MODE_FILTER)` for
+//! process). Child side (`child::seccomp::apply`, async-signal-safe): `seccomp(SECCOMP_SET_MODE_FILTER)` for
 //! each program, the very last step before `execve`, after `no_new_privs`.
 //!
 //! The default deny list is modelled on Docker's default profile: everything that changes
@@ -27,7 +27,6 @@
 
 use std::collections::BTreeMap;
 
-use nix::errno::Errno;
 use seccompiler::{
     sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
@@ -371,29 +370,6 @@ fn x32_guard(action: &SeccompAction) -> BpfProgram {
         ins(BPF_RET_K, 0, 0, u32::from(action.clone())),
         ins(BPF_RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
     ]
-}
-
-/// Installs `programs`, in order. `no_new_privs` must already be set.
-///
-/// # Safety
-/// Child-side only; async-signal-safe.
-pub(crate) unsafe fn apply(programs: &[BpfProgram]) -> Result<(), Errno> {
-    for p in programs {
-        let prog = libc::sock_fprog {
-            len: p.len() as libc::c_ushort,
-            filter: p.as_ptr() as *mut libc::sock_filter,
-        };
-        let r = libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
-            0 as libc::c_ulong,
-            &prog as *const libc::sock_fprog,
-        );
-        if r == -1 {
-            return Err(Errno::last());
-        }
-    }
-    Ok(())
 }
 
 /// What a death by `SIGSYS` means in a sandbox, for diagnoses.

@@ -251,7 +251,7 @@ async fn setup_failure_is_typed_and_names_step_and_path() {
     let e = r.start().await.unwrap_err();
     match &e {
         sandbox_runner::Error::Setup { step, path, errno } => {
-            assert_eq!(*step, sandbox_runner::spawn::Step::Chdir);
+            assert_eq!(*step, sandbox_runner::child::Step::Chdir);
             assert_eq!(path, "/no/such/dir");
             assert_eq!(*errno, nix::errno::Errno::ENOENT);
         }

@@ -15,7 +15,7 @@ use sandbox_runner::handshake::{self, HandshakeError};
 use sandbox_runner::PipeReader;
 use std::process::ExitCode;
 
-use sandbox_runner::pid::FORWARDED;
+use sandbox_runner::child::FORWARDED;
 use sandbox_runner::profile::{
     parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, Size, StdinMode, Timeout,
 };

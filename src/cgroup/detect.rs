@@ -2,12 +2,12 @@
 //! `/proc/self/cgroup` (never by assuming `/sys/fs/cgroup`), and where a sandbox's cgroup
 //! directories go.
 //!
-//! The parsers are the pure ones of [`crate::check`] ([`parse_mountinfo`],
-//! [`parse_proc_cgroup`], [`own_cgroup_dir`], [`cgroup_mode`]), reused as they are.
+//! The parsers are the pure ones of [`super::mounts`] ([`parse_mountinfo`],
+//! [`parse_proc_cgroup`], [`own_cgroup_dir`], [`cgroup_mode`]).
 
 use std::path::{Path, PathBuf};
 
-use crate::check::{
+use super::mounts::{
     cgroup_mode, own_cgroup_dir, parse_mountinfo, parse_proc_cgroup, CgroupMode, CgroupMount,
     CgroupVersion, OwnCgroup,
 };

@@ -42,6 +42,7 @@
 
 mod detect;
 mod error;
+pub mod mounts;
 mod owner;
 mod stats;
 mod util;
@@ -334,8 +335,10 @@ impl SandboxCgroup {
     /// duplicate of [`clone_into_fd`](Self::clone_into_fd) (the spawner's own copy: a
     /// cancelled start may drop ours while the clone is pending), v1 by moving the spawner
     /// thread itself in for the clone and back after it (see `v1::ThreadMove`).
-    pub(crate) fn placement(&self) -> Result<Option<crate::spawn::Placement>, CgroupError> {
-        use crate::spawn::Placement;
+    pub(crate) fn placement(
+        &self,
+    ) -> Result<Option<crate::child::spawner::Placement>, CgroupError> {
+        use crate::child::spawner::Placement;
         match &self.inner {
             Inner::V2(c) => match c.fd.as_ref() {
                 Some(fd) => fd

@@ -18,15 +18,7 @@ use super::stats::{cpu_quota_usec, weight_to_shares, CounterSource, CPU_PERIOD_U
 use super::util::{self, rs_err};
 use super::{CgroupError, Limits};
 
-/// Open `tasks` files (with their paths) to move the spawner thread into a sandbox's v1
-/// cgroups before the clone (`into`) and back to its own after it (`back`).
-#[derive(Debug, Default)]
-pub(crate) struct ThreadMove {
-    /// The leaves' `tasks` files.
-    pub into: Vec<(std::os::fd::OwnedFd, PathBuf)>,
-    /// This process's own cgroups' `tasks` files.
-    pub back: Vec<(std::os::fd::OwnedFd, PathBuf)>,
-}
+pub(crate) use crate::child::spawner::ThreadMove;
 
 /// A sandbox's cgroup in the v1 hierarchies that its limits need.
 #[derive(Debug)]

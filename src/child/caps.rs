@@ -9,7 +9,7 @@
 
 use nix::errno::Errno;
 
-use crate::spawn::check;
+use super::step::check;
 
 #[repr(C)]
 struct CapHeader {

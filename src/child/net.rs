@@ -3,7 +3,7 @@
 
 use nix::errno::Errno;
 
-use crate::spawn::check;
+use super::step::check;
 
 /// Sets `IFF_UP` on `lo` with `SIOCGIFFLAGS`/`SIOCSIFFLAGS` on a throwaway socket.
 ///

@@ -11,10 +11,12 @@
 
 use nix::errno::Errno;
 
-use crate::plan::Plan;
-use crate::spawn::{
-    check, clone3_vm, close_all_but, fail, fail_at, ChildCtx, ChildFds, CloneArgs, Step,
-};
+use super::clone::{clone3_vm, CloneArgs};
+use super::fds::{close_all_but, ChildFds};
+use super::plan::Plan;
+use super::spawner::ChildCtx;
+use super::step::{check, fail, fail_at, Step};
+use super::{caps, landlock, rlimit, seccomp};
 
 /// The signals the init forwards to the plugin.
 pub const FORWARDED: [libc::c_int; 6] = [
@@ -93,7 +95,7 @@ pub(crate) fn decimal(mut v: u64, buf: &mut [u8; 24]) -> *const libc::c_char {
 /// The plugin's entry point on its own stack (cloned with `CLONE_VM` by the init).
 ///
 /// # Safety
-/// Called only by [`crate::spawn::clone3_vm`] with a pointer to the live `ChildCtx`.
+/// Called only by [`super::clone::clone3_vm`] with a pointer to the live `ChildCtx`.
 unsafe extern "C" fn plugin_entry(arg: *const u8) -> ! {
     // SAFETY: the spawner keeps the ChildCtx alive until the plugin has exec'd or exited.
     unsafe {
@@ -127,7 +129,7 @@ pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds, ctx: *const ChildCtx)
     }
     // The init needs no privilege to forward signals to and reap its own children, and the
     // empty bounding set keeps sandbox-init from regaining any at its exec.
-    if let Err(err) = crate::capability::drop_all_but(0, plan.last_cap) {
+    if let Err(err) = caps::drop_all_but(0, plan.last_cap) {
         fail(e, Step::Capabilities, err)
     }
     // The init never uses stdio: its copies would keep the host's pipes open after the
@@ -192,21 +194,19 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
     // Landlock first: its rules open the sandbox's paths (before a small `nofile` limit),
     // and restricting needs CAP_SYS_ADMIN or no_new_privs.
     if let Some(ll) = &plan.landlock {
-        if let Err((rule, err)) = crate::landlock::enforce(ll) {
+        if let Err((rule, err)) = landlock::enforce(ll) {
             fail_at(e, Step::Landlock, rule, err)
         }
     }
     // Limits before the capability drop: CAP_SYS_RESOURCE lets a profile's limit go above
     // the caller's hard limit.
-    if let Err((res, err)) = crate::rlimit::apply(&plan.rlimits) {
+    if let Err((res, err)) = rlimit::apply(&plan.rlimits) {
         fail_at(e, Step::Rlimits, res, err)
     }
-    if let Err(err) =
-        crate::capability::become_user(plan.uid, plan.gid, plan.keep_caps, plan.last_cap)
-    {
+    if let Err(err) = caps::become_user(plan.uid, plan.gid, plan.keep_caps, plan.last_cap) {
         fail(e, Step::Capabilities, err)
     }
-    if let Err(err) = crate::capability::no_new_privs() {
+    if let Err(err) = caps::no_new_privs() {
         fail(e, Step::NoNewPrivs, err)
     }
     // Only fds 0, 1, 2, the error pipe (CLOEXEC: it closes at execve) and the profile's
@@ -220,7 +220,7 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
         }
     }
     // seccomp last: nothing of the setup is filtered, only the plugin from its execve on.
-    if let Err(err) = crate::seccomp::apply(&plan.seccomp) {
+    if let Err(err) = seccomp::apply(&plan.seccomp) {
         fail(e, Step::Seccomp, err)
     }
     libc::execve(

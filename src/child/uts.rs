@@ -2,8 +2,8 @@
 
 use nix::errno::Errno;
 
-use crate::plan::Plan;
-use crate::spawn::check;
+use super::plan::Plan;
+use super::step::check;
 
 /// Sets the hostname from the plan in the new UTS namespace.
 ///

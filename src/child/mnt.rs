@@ -1,0 +1,255 @@
+//! Mount namespace, child side (in the init, async-signal-safe): make propagation private,
+//! mount a tmpfs on the staging directory, `pivot_root` into it with the host's root kept at
+//! the old-root directory, run the [`MountOp`]s the host prepared (bind sources are read
+//! through the old root, so they are resolved in the host's view even where the new root
+//! covers them), detach the old root, and make the root tmpfs itself read-only.
+
+use nix::errno::Errno;
+use std::ffi::CString;
+
+use super::plan::Plan;
+use super::step::{check, fail_at, Step};
+
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// The kernel's `struct mount_attr` (Linux 5.12).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// What one op does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// `mkdir` (existing is fine) and `chmod` to `mode`.
+    Mkdir,
+    /// Create an empty file as a mount point for a file bind.
+    Touch,
+    /// Recursive bind of `src` on `dst`, then `mount_setattr` with `attrs` recursively.
+    Bind {
+        /// `MOUNT_ATTR_*` flags set on the bind and everything below it.
+        attrs: u64,
+    },
+    /// A tmpfs with `data` options and these `MS_*` flags.
+    Tmpfs {
+        /// `MS_*` flags.
+        flags: libc::c_ulong,
+    },
+    /// A fresh `proc`.
+    Proc,
+    /// A private `devpts` instance.
+    Devpts,
+    /// Like `Bind`, but nothing happens when `src` or `dst` does not exist (for `/proc`
+    /// entries a kernel may not have).
+    BindIfExists {
+        /// `MOUNT_ATTR_*` flags.
+        attrs: u64,
+    },
+    /// `symlink(src, dst)`.
+    Symlink,
+    /// Make the mount at `dst` (only that one, not below) read-only.
+    ReadOnly,
+}
+
+/// One step of assembling the private root, fully prepared in the parent.
+pub(crate) struct MountOp {
+    pub kind: OpKind,
+    pub src: CString,
+    pub dst: CString,
+    pub data: CString,
+    pub mode: u32,
+    /// Index into the plan's entry labels, for error messages.
+    pub entry: u32,
+}
+
+/// Makes every mount in the new namespace private (`MS_REC|MS_PRIVATE` on `/`), before any
+/// other mount, so nothing mounted in the sandbox propagates back to the host.
+///
+/// # Safety
+/// Child-side only.
+pub(crate) unsafe fn make_private(plan: &Plan) -> Result<(), Errno> {
+    check(libc::mount(
+        std::ptr::null(),
+        plan.c.root.as_ptr(),
+        std::ptr::null(),
+        libc::MS_REC | libc::MS_PRIVATE,
+        std::ptr::null(),
+    ))
+    .map(drop)
+}
+
+/// Mounts a fresh `proc` on `/proc` over the host's view (when there is no private root),
+/// showing the new PID namespace only. Runs in the init, already inside that namespace.
+///
+/// # Safety
+/// Child-side only.
+pub(crate) unsafe fn mount_proc(plan: &Plan) -> Result<(), Errno> {
+    check(libc::mount(
+        plan.c.proc_fstype.as_ptr(),
+        plan.c.proc_dir.as_ptr(),
+        plan.c.proc_fstype.as_ptr(),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        std::ptr::null(),
+    ))
+    .map(drop)
+}
+
+unsafe fn set_attr(
+    path: *const libc::c_char,
+    flags: libc::c_uint,
+    attrs: u64,
+) -> Result<(), Errno> {
+    let a = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let r = libc::syscall(
+        libc::SYS_mount_setattr,
+        libc::AT_FDCWD,
+        path,
+        flags,
+        &a as *const MountAttr,
+        std::mem::size_of::<MountAttr>(),
+    );
+    if r == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
+    let null = std::ptr::null::<libc::c_char>();
+    match op.kind {
+        OpKind::Mkdir => {
+            if libc::mkdir(op.dst.as_ptr(), op.mode) == -1 {
+                let e = Errno::last();
+                if e != Errno::EEXIST {
+                    return Err(e);
+                }
+                return Ok(());
+            }
+            // The caller's umask must not weaken or tighten the mode asked for.
+            check(libc::chmod(op.dst.as_ptr(), op.mode)).map(drop)
+        }
+        OpKind::Touch => {
+            let fd = check(libc::open(
+                op.dst.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+                op.mode,
+            ))?;
+            libc::close(fd);
+            Ok(())
+        }
+        OpKind::Bind { attrs } => {
+            check(libc::mount(
+                op.src.as_ptr(),
+                op.dst.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+        }
+        OpKind::BindIfExists { attrs } => {
+            if libc::mount(
+                op.src.as_ptr(),
+                op.dst.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) == -1
+            {
+                let e = Errno::last();
+                return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
+            }
+            set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+        }
+        OpKind::ReadOnly => set_attr(op.dst.as_ptr(), 0, MOUNT_ATTR_RDONLY),
+        OpKind::Tmpfs { flags } => check(libc::mount(
+            op.src.as_ptr(),
+            op.dst.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            op.data.as_ptr().cast(),
+        ))
+        .map(drop),
+        OpKind::Proc => check(libc::mount(
+            op.src.as_ptr(),
+            op.dst.as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))
+        .map(drop),
+        OpKind::Devpts => check(libc::mount(
+            op.src.as_ptr(),
+            op.dst.as_ptr(),
+            c"devpts".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            op.data.as_ptr().cast(),
+        ))
+        .map(drop),
+        OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
+    }
+}
+
+/// Assembles the private root and enters it. Runs in the init after [`make_private`].
+///
+/// # Safety
+/// Child-side only; async-signal-safe; reports failures through `err_w` and exits.
+pub(crate) unsafe fn setup_root(plan: &Plan, err_w: libc::c_int) {
+    let c = &plan.c;
+    if let Err(e) = check(libc::mount(
+        c"tmpfs".as_ptr(),
+        c.staging.as_ptr(),
+        c"tmpfs".as_ptr(),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        c"mode=755".as_ptr().cast(),
+    )) {
+        fail_at(err_w, Step::RootTmpfs, 0, e)
+    }
+    if let Err(e) = check(libc::mkdir(c.staging_old.as_ptr(), 0o700))
+        .and_then(|_| {
+            let r = libc::syscall(
+                libc::SYS_pivot_root,
+                c.staging.as_ptr(),
+                c.staging_old.as_ptr(),
+            );
+            if r == -1 {
+                Err(Errno::last())
+            } else {
+                Ok(0)
+            }
+        })
+        .and_then(|_| check(libc::chdir(c.root.as_ptr())))
+    {
+        fail_at(err_w, Step::PivotRoot, 0, e)
+    }
+    for op in &plan.root_ops {
+        if let Err(e) = run_op(op) {
+            fail_at(err_w, Step::Mount, op.entry, e)
+        }
+    }
+    if let Err(e) = check(libc::umount2(c.old_root.as_ptr(), libc::MNT_DETACH))
+        .and_then(|_| check(libc::rmdir(c.old_root.as_ptr())))
+    {
+        fail_at(err_w, Step::DetachOldRoot, 0, e)
+    }
+    if let Err(e) = set_attr(
+        c.root.as_ptr(),
+        0,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    ) {
+        fail_at(err_w, Step::RootReadOnly, 0, e)
+    }
+}

@@ -1,0 +1,365 @@
+//! The spawner thread: every sandbox init is cloned from this one long-lived thread of the
+//! host process, into the host's address space (`CLONE_VM`) on stacks of its own, and the
+//! thread waits until the init and the plugin have exec'd before it frees those stacks.
+
+use libc::c_int;
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::clone::{clone3_vm, CloneArgs, Stacks, CLONE_INTO_CGROUP};
+use super::fds::ChildFds;
+use super::plan::Plan;
+
+/// What the init's entry point receives: the plan and the fds, in the spawner's memory.
+pub(crate) struct ChildCtx {
+    /// The sandbox's plan.
+    pub plan: *const Plan,
+    /// The fds and stacks.
+    pub fds: ChildFds,
+}
+
+/// The init's entry point on its own stack.
+///
+/// # Safety
+/// Called only by [`clone3_vm`] with a pointer to a live [`ChildCtx`].
+unsafe extern "C" fn init_entry(arg: *const u8) -> ! {
+    // SAFETY: the spawner keeps the ChildCtx (and the plan it points to) alive until no
+    // process of the sandbox runs in its memory.
+    unsafe { super::setup::child_main(&*(arg as *const ChildCtx)) }
+}
+
+/// The result of a clone: the init's host pid and a pidfd for it.
+pub(crate) struct Spawned {
+    /// Host pid of the init (informational; every action goes through `pidfd`).
+    pub pid: i32,
+    /// A pidfd of the init, `CLOEXEC`.
+    pub pidfd: OwnedFd,
+}
+
+/// Clones the init with `plan`'s namespace flags into this address space (`CLONE_VM`), on
+/// the init stack of `stacks`. Called on the spawner thread only.
+///
+/// # Safety
+/// `ctx` must describe open fds of this process and stay alive, with `stacks`, until the
+/// init and the plugin no longer run in this address space; the child never returns.
+unsafe fn clone_init(
+    ctx: &ChildCtx,
+    stacks: &Stacks,
+    cgroup: Option<RawFd>,
+) -> Result<Spawned, Errno> {
+    // SAFETY: the caller's contract.
+    let plan = unsafe { &*ctx.plan };
+    let mut pidfd: c_int = -1;
+    let (stack, stack_size) = stacks.stack(0);
+    let mut args = CloneArgs {
+        flags: plan.clone_flags | libc::CLONE_PIDFD as u64 | libc::CLONE_VM as u64,
+        pidfd: (&mut pidfd as *mut c_int) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack as u64,
+        stack_size: stack_size as u64,
+        ..Default::default()
+    };
+    // cgroup v2: the child is born in the sandbox's cgroup (Linux 5.7+), so not one
+    // instruction of it runs outside its limits.
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // SAFETY: the caller's contract; init_entry gets the ChildCtx.
+    let r = unsafe { clone3_vm(&mut args, init_entry, (ctx as *const ChildCtx).cast()) };
+    if r > 0 {
+        return Ok(Spawned {
+            pid: r as i32,
+            // SAFETY: the kernel wrote a new pidfd for us.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        });
+    }
+    // No clone3 (before Linux 5.3) means no CLONE_INTO_CGROUP and no pidfd at birth either:
+    // refuse rather than start a child outside its cgroup or copy the host's memory.
+    Err(Errno::from_raw(-r as i32))
+}
+
+/// Open `tasks` files (with their paths) to move the spawner thread into a sandbox's v1
+/// cgroups before the clone (`into`) and back to its own after it (`back`).
+#[derive(Debug, Default)]
+pub(crate) struct ThreadMove {
+    /// The leaves' `tasks` files.
+    pub into: Vec<(OwnedFd, std::path::PathBuf)>,
+    /// This process's own cgroups' `tasks` files.
+    pub back: Vec<(OwnedFd, std::path::PathBuf)>,
+}
+
+/// Where the spawner makes a sandbox's init be born.
+pub(crate) enum Placement {
+    /// cgroup v2: `clone3(CLONE_INTO_CGROUP)` with this directory fd.
+    IntoCgroup(OwnedFd),
+    /// cgroup v1: the spawner thread moves itself into the sandbox's cgroups, clones (the
+    /// child inherits the thread's cgroups), and moves back.
+    MoveThread(ThreadMove),
+}
+
+/// Why [`spawn`] failed.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// `clone3` failed (or the stacks could not be mapped).
+    Clone(Errno),
+    /// Moving the spawner thread through the `tasks` file `path` failed.
+    Move {
+        /// The `tasks` file.
+        path: std::path::PathBuf,
+        /// The error.
+        errno: Errno,
+    },
+}
+
+/// Moves the calling thread alone into the cgroup of each `tasks` file (writing `0`).
+fn move_thread(files: &[(OwnedFd, std::path::PathBuf)]) -> Result<(), SpawnError> {
+    for (fd, path) in files {
+        if let Err(e) = rustix::io::write(fd, b"0") {
+            return Err(SpawnError::Move {
+                path: path.clone(),
+                errno: Errno::from_raw(e.raw_os_error()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Kills and reaps a just-cloned init that nobody will wait for.
+fn kill_and_reap(orphan: &Spawned) {
+    let _ = rustix::process::pidfd_send_signal(&orphan.pidfd, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&orphan.pidfd)),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+}
+
+/// The spawner's answer. Whoever drops it unopened (a start cancelled before or after the
+/// answer arrived) kills and reaps the init, which nobody else would ever wait for.
+struct Reply(Option<Result<Spawned, SpawnError>>);
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(Ok(orphan)) = self.0.take() {
+            kill_and_reap(&orphan);
+        }
+    }
+}
+
+struct Job {
+    plan: Arc<Plan>,
+    fds: ChildFds,
+    placement: Option<Placement>,
+    /// Let the child go (write the sync byte) right after the clone: nothing is left for the
+    /// host to do before it runs.
+    release: bool,
+    /// The child-side fds (named by number in `fds`), owned here so that they stay open,
+    /// with their numbers, until the clone has happened; closed right after it.
+    child_side: Vec<OwnedFd>,
+    /// Write end of the early pipe: the init's pid (4 bytes, 0 when the clone failed) as
+    /// soon as it exists, for the host's work before it lets the child go.
+    early_w: OwnedFd,
+    /// Read end of the memory pipe (see [`spawn`]).
+    vm_r: OwnedFd,
+    reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// Runs one job on the spawner thread.
+fn run_job(job: Job) {
+    let Job {
+        plan,
+        mut fds,
+        placement,
+        release,
+        mut child_side,
+        early_w,
+        vm_r,
+        reply,
+    } = job;
+    let stacks = match Stacks::new() {
+        Ok(s) => s,
+        Err(e) => {
+            // SAFETY: a 4-byte write from a live buffer.
+            unsafe { libc::write(early_w.as_raw_fd(), [0u8; 4].as_ptr().cast(), 4) };
+            let _ = reply.send(Reply(Some(Err(SpawnError::Clone(e)))));
+            return;
+        }
+    };
+    (fds.plugin_stack, fds.plugin_stack_size) = stacks.stack(1);
+    let ctx = ChildCtx {
+        plan: Arc::as_ptr(&plan),
+        fds,
+    };
+    let mut moved_back = Ok(());
+    let res = match placement.as_ref() {
+        // SAFETY: ctx, plan and stacks live until the memory pipe's end of file below.
+        None => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
+        Some(Placement::IntoCgroup(fd)) => {
+            // SAFETY: as above.
+            unsafe { clone_init(&ctx, &stacks, Some(fd.as_raw_fd())) }.map_err(SpawnError::Clone)
+        }
+        Some(Placement::MoveThread(mv)) => match move_thread(&mv.into) {
+            Err(e) => {
+                moved_back = move_thread(&mv.back);
+                Err(e)
+            }
+            // SAFETY: as above. The thread moves back once the children are off its memory.
+            Ok(()) => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
+        },
+    };
+    // From here until the memory pipe's end of file, the init (and then the plugin) run in
+    // this address space, on this thread's thread-local storage (errno): this thread only
+    // makes plain system calls that succeed, and waits.
+    let pid = res.as_ref().map(|s| s.pid).unwrap_or(0);
+    // SAFETY: writes from live buffers to open fds. The sync byte goes first: once the pid
+    // is out, the caller may close its sync pipe.
+    unsafe {
+        if release && res.is_ok() {
+            // If this write fails, the child sees the caller's end of file and gives up.
+            libc::write(fds.sync_w, [1u8].as_ptr().cast(), 1);
+        }
+        libc::write(early_w.as_raw_fd(), pid.to_ne_bytes().as_ptr().cast(), 4);
+    }
+    for fd in child_side.drain(..) {
+        drop(fd);
+    }
+    if res.is_ok() {
+        let mut buf = [0u8; 16];
+        // SAFETY: reads into a live buffer; returns 0 once every write end is closed (both
+        // children exec'd or exited). Every signal is blocked on this thread: no EINTR.
+        while unsafe { libc::read(vm_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+    // The children no longer use the stacks, the ChildCtx or the plan.
+    drop(stacks);
+    let _ = ctx;
+    drop(plan);
+    if let Some(Placement::MoveThread(mv)) = placement.as_ref() {
+        if res.is_ok() {
+            moved_back = move_thread(&mv.back);
+        }
+    }
+    let res = match (res, moved_back) {
+        (Ok(spawned), Err(e)) => {
+            // This thread stays in the sandbox's cgroup (the next clone moves it on); do not
+            // leave a sandbox that was set up in an unknown state.
+            kill_and_reap(&spawned);
+            Err(e)
+        }
+        (res, _) => res,
+    };
+    drop(placement);
+    // Cancelled meanwhile: the unsent Reply drops here, killing and reaping the init.
+    let _ = reply.send(Reply(Some(res)));
+}
+
+/// Clones every sandbox from one dedicated thread that lives as long as the process.
+///
+/// `PR_SET_PDEATHSIG` fires when the parent *thread* exits, not the process: a sandbox cloned
+/// from a tokio worker or blocking-pool thread would be killed when that thread retires.
+fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sandbox-spawner".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                // Block every signal on this thread: the clones inherit the mask, so a signal
+                // sent to a sandbox while it sets up waits, pending, until its init reads it
+                // with sigwaitinfo, instead of running a host handler in the child.
+                // SAFETY: plain mask change of the current thread.
+                unsafe {
+                    let mut all: libc::sigset_t = std::mem::zeroed();
+                    libc::sigfillset(&mut all);
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                }
+                // The Sender lives in a static, so this loop never ends and the thread
+                // never exits while the process runs.
+                while let Ok(job) = rx.recv() {
+                    run_job(job);
+                }
+            })
+            .expect("cannot start the sandbox-spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// A clone in progress: the init exists (its pid is known) and may wait for the host's go on
+/// the sync pipe; [`Pending::finish`] waits until it and the plugin have left the host's
+/// memory (exec'd or died). Dropping it before then kills and reaps the init.
+pub(crate) struct Pending {
+    /// Host pid of the init. Ours and unreaped, so it cannot be reused meanwhile.
+    pub pid: i32,
+    rx: tokio::sync::oneshot::Receiver<Reply>,
+}
+
+impl Pending {
+    /// Waits for the spawner's final answer: the init's pidfd.
+    pub async fn finish(self) -> Result<Spawned, SpawnError> {
+        // The spawner always replies; a lost reply means the thread is gone.
+        let mut reply = self
+            .rx
+            .await
+            .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
+        reply
+            .0
+            .take()
+            .unwrap_or(Err(SpawnError::Clone(Errno::ECHILD)))
+    }
+}
+
+/// Clones a new sandbox init on the spawner thread and returns once it exists.
+///
+/// `child_side` owns the fds that `fds` names for the child; they are closed in this process
+/// once the clone is done. Among them must be the write end of `vm_r`'s pipe (`CLOEXEC`),
+/// kept by both the init and the plugin: its end of file tells the spawner that no process
+/// of the sandbox runs in the host's memory any more (both have exec'd or died).
+pub(crate) async fn spawn(
+    plan: Arc<Plan>,
+    fds: ChildFds,
+    child_side: Vec<OwnedFd>,
+    placement: Option<Placement>,
+    release: bool,
+    vm_r: OwnedFd,
+) -> Result<Pending, SpawnError> {
+    let io = |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+    let (early_r, early_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpawnError::Clone(Errno::from_raw(e.raw_os_error())))?;
+    let mut early = tokio::net::unix::pipe::Receiver::from_owned_fd(early_r).map_err(io)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(Job {
+            plan,
+            fds,
+            placement,
+            release,
+            child_side,
+            early_w,
+            vm_r,
+            reply,
+        })
+        .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
+    let mut pid = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut early, &mut pid)
+        .await
+        .map_err(io)?;
+    let pending = Pending {
+        pid: i32::from_ne_bytes(pid),
+        rx,
+    };
+    if pending.pid <= 0 {
+        // The clone failed: the final answer says why.
+        return match pending.finish().await {
+            Ok(spawned) => {
+                kill_and_reap(&spawned);
+                Err(SpawnError::Clone(Errno::EIO))
+            }
+            Err(e) => Err(e),
+        };
+    }
+    Ok(pending)
+}

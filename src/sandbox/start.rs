@@ -1,0 +1,350 @@
+//! [`Runner::start`](crate::Runner::start) of a [`SandboxRunner`]: the steps in the order
+//! the kernel needs them (fds, state, cgroup, reaper registration, the clone, the host's work
+//! while the init waits, the go, the child's report).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, Interest};
+use tracing::Instrument;
+
+use nix::errno::Errno;
+
+use super::running::Running;
+use super::stdio::{fd_kind, open_file, pipe, refuse_fd, FdKind, Wired};
+use super::{stdio, SandboxRunner, Stdio};
+use crate::cgroup::SandboxCgroup;
+use crate::child::fds::{ChildFds, FdList};
+use crate::child::spawner::{self as spawn, Spawned};
+use crate::child::step::{Step, StepError, STEP_ERROR_LEN};
+use crate::error::Error;
+
+impl SandboxRunner {
+    pub(super) async fn start_inner(&mut self) -> Result<(), Error> {
+        let setup_span = tracing::info_span!("setup").entered();
+        for &fd in self.plan.pass_fds() {
+            match fd_kind(fd) {
+                Err(e) => {
+                    return Err(Error::host(
+                        format!("pass_fds: fd {fd} is not open in the caller"),
+                        e,
+                    ))
+                }
+                Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("pass_fds", fd)),
+                Ok(_) => {}
+            }
+        }
+        let (err_r, err_w) = pipe()?;
+        // A detached sandbox keeps its state (and the plugin's exit status) in a directory
+        // of its own, so a process that reattaches later can read it; removed on failure.
+        let mut state_guard = DirGuard(None);
+        // State directories that crashed hosts left behind are reclaimed on the way (stale
+        // cgroups are, when this sandbox's cgroup is made).
+        let _ = crate::state::reclaim_stale();
+        if self.plan.detach || self.socket_host.is_some() {
+            let gid = self.socket_group()?;
+            state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);
+            if let Some((host_dir, host_owned)) = &self.socket_host {
+                self.sockets = Some(self.open_sockets(host_dir, *host_owned, gid)?);
+            }
+        }
+        let (status_r, status_w) = match (&state_guard.0, self.plan.detach) {
+            (Some(dir), true) => status_file(&dir.join("status"))?,
+            _ => pipe()?,
+        };
+        let (sync_r, sync_w) = pipe()?;
+        let mut child_side: Vec<OwnedFd> = Vec::new();
+        let Wired {
+            stdin_fd,
+            stdout_fd,
+            stderr_fd,
+            input,
+            out,
+            err,
+            relays,
+            stdin_relay,
+        } = stdio::wire(&self.stdin, &self.stdout, &self.stderr, &mut child_side)?;
+        let init_exe = crate::child::exe::init_exe().map_err(|e| {
+            Error::host(
+                "sandbox-init: sealed memfd (memfd_create, write, seals)",
+                std::io::Error::from(e),
+            )
+        })?;
+        let (go_r, go_w) = pipe()?;
+        let (vm_r, vm_w) = pipe()?;
+        let mut init_keep = vec![
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+            sync_r.as_raw_fd(),
+            init_exe,
+            go_r.as_raw_fd(),
+            go_w.as_raw_fd(),
+            vm_w.as_raw_fd(),
+        ];
+        let mut plugin_keep = vec![err_w.as_raw_fd(), vm_w.as_raw_fd()];
+        init_keep.extend_from_slice(self.plan.pass_fds());
+        plugin_keep.extend_from_slice(self.plan.pass_fds());
+        let fds = ChildFds {
+            stdin: stdin_fd,
+            stdout: stdout_fd,
+            stderr: stderr_fd,
+            err_w: err_w.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            sync_r: sync_r.as_raw_fd(),
+            sync_w: sync_w.as_raw_fd(),
+            init_keep: FdList::new(&init_keep),
+            plugin_keep: FdList::new(&plugin_keep),
+            host_pid: host_pid_in_proc_view(),
+            init_exe,
+            go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+            // Set by the spawner, which maps the stacks.
+            plugin_stack: 0,
+            plugin_stack_size: 0,
+        };
+        child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
+        drop(setup_span);
+
+        let cgroup_span = tracing::info_span!("cgroup").entered();
+        // The cgroup exists, with its limits, before the child does (and stale cgroups of
+        // crashed hosts are reclaimed on the way).
+        let cgroup = if self.profile.limits.is_empty() {
+            None
+        } else {
+            let parent = self.profile.limits.cgroup_parent.as_ref();
+            let limits = self.profile.limits.to_limits();
+            let created = SandboxCgroup::create(
+                &self.id,
+                &limits,
+                parent.map(|p| std::path::Path::new(p.as_str())),
+            );
+            let euid = nix::unistd::geteuid().as_raw();
+            match created {
+                Ok(cg) => Some(cg),
+                // An unprivileged caller: say that it is rootless mode, what is missing and
+                // the ways out, never run without the limits.
+                Err(e)
+                    if euid != 0 && !matches!(e, crate::cgroup::CgroupError::InvalidLimit(_)) =>
+                {
+                    return Err(crate::cgroup::CgroupError::Rootless {
+                        uid: euid,
+                        controllers: limits.controllers().join(", "),
+                        cause: Box::new(e),
+                    }
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !self.plan.detach {
+            // Everything this sandbox owns on the host, for the reaper, should the host die
+            // before it cleans up itself (from here on, even in the middle of this start).
+            let cgroups = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
+            let cgroups: Vec<&std::path::Path> = cgroups.iter().map(|p| p.as_path()).collect();
+            let record = cgroup.as_ref().and_then(|c| c.record_path());
+            let mut trees: Vec<&std::path::Path> =
+                state_guard.0.iter().map(|d| d.as_path()).collect();
+            let links = match (&self.sockets, &self.socket_host) {
+                (Some(sd), Some((_, true))) => Some(sd.links_dir().to_path_buf()),
+                _ => None,
+            };
+            trees.extend(links.as_deref());
+            self.reaped = Some(crate::reaper::register(
+                &self.id,
+                &cgroups,
+                &trees,
+                &record.into_iter().collect::<Vec<_>>(),
+            ));
+        }
+        // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
+        // v1 by moving the spawner thread for the clone), else attached by pid below.
+        let placement = match cgroup.as_ref() {
+            Some(cg) => cg.placement()?,
+            None => None,
+        };
+        let placed_by_clone = placement.is_some();
+        drop(cgroup_span);
+        // Nothing left to do between the clone and the child's first step (placed at birth,
+        // no uid maps to write, no state to record): the spawner lets it go at once.
+        let release =
+            (placed_by_clone || cgroup.is_none()) && !self.plan.rootless() && !self.plan.detach;
+        let clone_span = tracing::info_span!("clone");
+        let pending = spawn::spawn(self.plan.clone(), fds, child_side, placement, release, vm_r)
+            .instrument(clone_span.clone())
+            .await
+            .map_err(spawn_error)?;
+        let clone_steps = clone_span.enter();
+        let pid = pending.pid;
+        // The init exists and, unless released, waits on the sync pipe. Until `finish`, an
+        // error here drops `pending` and the sync pipe: the init gives up, and the spawner
+        // kills and reaps it.
+        let mut cgroup = cgroup;
+        if let Some(cg) = &cgroup {
+            // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
+            // sync pipe, before it forks the plugin or runs anything of the profile's.
+            if !placed_by_clone {
+                cg.attach(pid)?;
+            }
+        }
+        if self.plan.detach {
+            if let Some(cg) = cgroup.take() {
+                self.cgroup_paths = cg.hand_over(pid)?;
+            }
+        }
+        if self.plan.rootless() {
+            // The child waits on the sync pipe: map root inside to the caller before it
+            // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
+            write_id_maps(pid)?;
+        }
+        if self.plan.detach {
+            self.write_state(pid)?;
+        }
+        // Let the child go on (unless the spawner did), then wait until neither the init nor
+        // the plugin runs in this process's memory any more.
+        if !release {
+            write_all(&sync_w, &[1])?;
+        }
+        drop(sync_w);
+        let Spawned { pid, pidfd } = pending.finish().await.map_err(spawn_error)?;
+        set_nonblocking(&status_r)?;
+        // From here on, dropping `running` (an error, or a cancelled start) kills and reaps.
+        let running = Running {
+            pid,
+            // SAFETY: an OwnedFd keeps the same open fd for as long as the AsyncFd owns it.
+            pidfd: unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .map_err(|e| Error::host("pidfd", e.into_parts().1))?,
+            status_r,
+            exit: Mutex::new(None),
+            detached: self.plan.detach,
+            state_dir: state_guard.0.take(),
+            cgroup: Mutex::new(None),
+            watcher: Mutex::new(None),
+            counters: Mutex::new(None),
+        };
+        if let Some(cg) = cgroup {
+            if !running.detached {
+                *running.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg.watch());
+                *running.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg);
+            }
+        }
+        drop(clone_steps);
+        drop(clone_span);
+        // Let the child go on, then learn whether it reached execve.
+        let exec_span = tracing::info_span!("exec");
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
+            .map_err(|e| Error::host("error pipe", e))?;
+        let mut rec = Vec::with_capacity(STEP_ERROR_LEN);
+        rx.read_to_end(&mut rec)
+            .instrument(exec_span.clone())
+            .await
+            .map_err(|e| Error::host("reading the error pipe", e))?;
+        drop(exec_span);
+        if rec.len() >= STEP_ERROR_LEN {
+            // SAFETY: StepError is plain old data of exactly STEP_ERROR_LEN bytes.
+            let se: StepError = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+            let _ = running.wait().await;
+            let errno = Errno::from_raw(se.errno);
+            let step = Step::from_u32(se.step).unwrap_or(Step::Exec);
+            return Err(if step == Step::Exec {
+                Error::NotExecutable {
+                    path: self.plan.program_path().to_path_buf(),
+                    errno,
+                }
+            } else {
+                Error::Setup {
+                    step,
+                    path: self.plan.step_path(step, se.arg),
+                    errno,
+                }
+            });
+        }
+        if !rec.is_empty() {
+            return Err(Error::host(
+                "error pipe",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated step record"),
+            ));
+        }
+        self.input = input;
+        *self.relays.lock().unwrap_or_else(|p| p.into_inner()) = relays;
+        self.stdin_relay = stdin_relay;
+        if self.stdout == Stdio::Pipe {
+            self.out = out;
+        }
+        if self.stderr == Stdio::Pipe {
+            self.err = err;
+        }
+        self.running = Some(Arc::new(running));
+        Ok(())
+    }
+}
+
+/// The error of a failed clone, for the caller.
+fn spawn_error(e: spawn::SpawnError) -> Error {
+    match e {
+        spawn::SpawnError::Clone(errno) => {
+            Error::host("clone3 into new namespaces", std::io::Error::from(errno))
+        }
+        spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Place {
+            path,
+            cause: std::io::Error::from(errno),
+        }
+        .into(),
+    }
+}
+
+/// This process's pid as `/proc` (the mount the child will read) names it: the same as
+/// `getpid()` unless this process lives in a PID namespace whose `/proc` was not remounted;
+/// -1 when `/proc` does not show it (the child then skips its parent check).
+fn host_pid_in_proc_view() -> i32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(-1)
+}
+
+/// Removes a directory on drop unless disarmed (taken).
+struct DirGuard(Option<std::path::PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// The status "pipe" of a detached sandbox: a file its init writes the plugin's wait status
+/// to, readable by whoever reattaches.
+fn status_file(path: &std::path::Path) -> Result<(OwnedFd, OwnedFd), Error> {
+    let w = open_file(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+    let r = open_file(path, libc::O_RDONLY)?;
+    Ok((r, w))
+}
+
+/// Rootless mode: the single-line uid and gid maps of the sandbox's user namespace (root
+/// inside = the caller's effective uid/gid outside), `setgroups` denied first as the kernel
+/// requires of an unprivileged writer of `gid_map`.
+fn write_id_maps(pid: i32) -> Result<(), Error> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    for (file, text) in [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("0 {uid} 1\n")),
+        ("gid_map", format!("0 {gid} 1\n")),
+    ] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, text.as_bytes())
+            .map_err(|e| Error::host(format!("rootless mode: writing {text:?} to {path}"), e))?;
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
+    rustix::io::ioctl_fionbio(fd, true).map_err(|e| Error::host("O_NONBLOCK", e))
+}
+
+fn write_all(fd: &OwnedFd, buf: &[u8]) -> Result<(), Error> {
+    rustix::io::write(fd, buf)
+        .map(drop)
+        .map_err(|e| Error::host("sync pipe", e))
+}
