@@ -23,6 +23,8 @@
 //! (host support).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod addr;
 pub mod cgroup;

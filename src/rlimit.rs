@@ -311,6 +311,7 @@ mod tests {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        // SAFETY: reads this process's stack limit into a live struct.
         unsafe { libc::prlimit64(0, libc::RLIMIT_STACK, std::ptr::null(), &mut cur) };
         if cur.rlim_max != libc::RLIM_INFINITY {
             let e = RlimitPlan::new(&c, 1024, false).unwrap_err();

@@ -43,36 +43,41 @@ pub(crate) unsafe fn become_user(
     keep: u64,
     last_cap: u32,
 ) -> Result<(), Errno> {
-    if uid == 0 && gid == 0 {
-        return drop_all_but(keep, last_cap);
-    }
-    drop_bounding_and_ambient(keep, last_cap)?;
-    if keep != 0 {
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-    }
-    let ok = |r: libc::c_long| if r == -1 { Err(Errno::last()) } else { Ok(()) };
-    ok(libc::syscall(
-        libc::SYS_setgroups,
-        0usize,
-        std::ptr::null::<libc::gid_t>(),
-    ))?;
-    ok(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
-    ok(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
-    set_caps(keep, keep)?;
-    let mut cap = 0u32;
-    while cap < 64 {
-        if keep & (1u64 << cap) != 0 {
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                cap as libc::c_ulong,
-                0,
-                0,
-            ))?;
+    // SAFETY: raw setresgid/setgroups/setresuid/prctl/capset calls on plain integers and stack
+    // structs; no allocation, no libc state (the caller is a CLONE_VM child, see the Safety
+    // section).
+    unsafe {
+        if uid == 0 && gid == 0 {
+            return drop_all_but(keep, last_cap);
         }
-        cap += 1;
+        drop_bounding_and_ambient(keep, last_cap)?;
+        if keep != 0 {
+            check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+        }
+        let ok = |r: libc::c_long| if r == -1 { Err(Errno::last()) } else { Ok(()) };
+        ok(libc::syscall(
+            libc::SYS_setgroups,
+            0usize,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        ok(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        ok(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+        set_caps(keep, keep)?;
+        let mut cap = 0u32;
+        while cap < 64 {
+            if keep & (1u64 << cap) != 0 {
+                check(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                ))?;
+            }
+            cap += 1;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Drops every capability not in the bit mask `keep` from the bounding, ambient, effective,
@@ -81,65 +86,74 @@ pub(crate) unsafe fn become_user(
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn drop_all_but(keep: u64, last_cap: u32) -> Result<(), Errno> {
-    drop_bounding_and_ambient(keep, last_cap)?;
-    set_caps(keep, 0)
+    // SAFETY: prctl/capset on plain integers; async-signal-safe.
+    unsafe {
+        drop_bounding_and_ambient(keep, last_cap)?;
+        set_caps(keep, 0)
+    }
 }
 
 /// Cuts the bounding set to `keep` and clears the ambient set.
 unsafe fn drop_bounding_and_ambient(keep: u64, last_cap: u32) -> Result<(), Errno> {
-    let mut cap = 0u32;
-    while cap <= last_cap && cap < 64 {
-        if keep & (1u64 << cap) == 0 {
-            check(libc::prctl(
-                libc::PR_CAPBSET_DROP,
-                cap as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
+    // SAFETY: prctl on plain integers; async-signal-safe.
+    unsafe {
+        let mut cap = 0u32;
+        while cap <= last_cap && cap < 64 {
+            if keep & (1u64 << cap) == 0 {
+                check(libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ))?;
+            }
+            cap += 1;
         }
-        cap += 1;
-    }
-    if libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        0,
-        0,
-        0,
-    ) == -1
-    {
-        let e = Errno::last();
-        // EINVAL: a kernel before 4.3 has no ambient set, so there is nothing to clear.
-        if e != Errno::EINVAL {
-            return Err(e);
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) == -1
+        {
+            let e = Errno::last();
+            // EINVAL: a kernel before 4.3 has no ambient set, so there is nothing to clear.
+            if e != Errno::EINVAL {
+                return Err(e);
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `capset`: effective = permitted = `keep`, inheritable = `inheritable`.
 unsafe fn set_caps(keep: u64, inheritable: u64) -> Result<(), Errno> {
-    let hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: keep as u32,
-            permitted: keep as u32,
-            inheritable: inheritable as u32,
-        },
-        CapData {
-            effective: (keep >> 32) as u32,
-            permitted: (keep >> 32) as u32,
-            inheritable: (inheritable >> 32) as u32,
-        },
-    ];
-    let r = libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr());
-    if r == -1 {
-        return Err(Errno::last());
+    // SAFETY: capset with pointers to the stack structs above, live for the call.
+    unsafe {
+        let hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: keep as u32,
+                permitted: keep as u32,
+                inheritable: inheritable as u32,
+            },
+            CapData {
+                effective: (keep >> 32) as u32,
+                permitted: (keep >> 32) as u32,
+                inheritable: (inheritable >> 32) as u32,
+            },
+        ];
+        let r = libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr());
+        if r == -1 {
+            return Err(Errno::last());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Sets `no_new_privs`: no `execve` can grant privileges again (setuid bits and file
@@ -148,5 +162,6 @@ unsafe fn set_caps(keep: u64, inheritable: u64) -> Result<(), Errno> {
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn no_new_privs() -> Result<(), Errno> {
-    check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map(drop)
+    // SAFETY: prctl on plain integers.
+    unsafe { check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map(drop) }
 }

@@ -91,12 +91,15 @@ pub(crate) const MAX_PASS_FDS: usize = 16;
 /// Puts the stdio pipes on 0, 1, 2. Their source fds are all >= 3 (the parent made sure),
 /// so no `dup2` overwrites a source still needed.
 pub(crate) unsafe fn connect_stdio(fds: &ChildFds) -> Result<(), Errno> {
-    if fds.stdin >= 0 {
-        check(libc::dup2(fds.stdin, 0))?;
+    // SAFETY: dup2 on fd numbers the host prepared (all >= 3, open in this child).
+    unsafe {
+        if fds.stdin >= 0 {
+            check(libc::dup2(fds.stdin, 0))?;
+        }
+        check(libc::dup2(fds.stdout, 1))?;
+        check(libc::dup2(fds.stderr, 2))?;
+        Ok(())
     }
-    check(libc::dup2(fds.stdout, 1))?;
-    check(libc::dup2(fds.stderr, 2))?;
-    Ok(())
 }
 
 /// Closes every fd >= 3 except the sorted list `keep`, with `close_range` over the gaps.
@@ -104,24 +107,31 @@ pub(crate) unsafe fn connect_stdio(fds: &ChildFds) -> Result<(), Errno> {
 /// # Safety
 /// Async-signal-safe.
 pub(crate) unsafe fn close_all_but(keep: &[RawFd]) -> Result<(), Errno> {
-    let mut next: u32 = 3;
-    for &k in keep {
-        let k = k as u32;
-        if k > next {
-            close_range(next, k - 1)?;
+    // SAFETY: close_range on fd numbers; closing an fd this child does not own is what it is
+    // for (only the listed ones are needed).
+    unsafe {
+        let mut next: u32 = 3;
+        for &k in keep {
+            let k = k as u32;
+            if k > next {
+                close_range(next, k - 1)?;
+            }
+            if k >= next {
+                next = k + 1;
+            }
         }
-        if k >= next {
-            next = k + 1;
-        }
+        close_range(next, u32::MAX)
     }
-    close_range(next, u32::MAX)
 }
 
 unsafe fn close_range(first: u32, last: u32) -> Result<(), Errno> {
-    let r = libc::syscall(libc::SYS_close_range, first, last, 0u32);
-    if r == -1 {
-        Err(Errno::last())
-    } else {
-        Ok(())
+    // SAFETY: the close_range system call with plain integer arguments.
+    unsafe {
+        let r = libc::syscall(libc::SYS_close_range, first, last, 0u32);
+        if r == -1 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
     }
 }

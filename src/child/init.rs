@@ -31,38 +31,45 @@ pub const FORWARDED: [libc::c_int; 6] = [
 /// Resets every catchable signal to its default action (the host's handlers are addresses
 /// in the host's code, and an inherited `SIG_IGN` for SIGCHLD would make reaping impossible).
 unsafe fn reset_dispositions() -> Result<(), Errno> {
-    let mut sa: libc::sigaction = std::mem::zeroed();
-    sa.sa_sigaction = libc::SIG_DFL;
-    libc::sigemptyset(&mut sa.sa_mask);
-    let mut sig = 1;
-    while sig < libc::SIGRTMAX() + 1 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // EINVAL for the few numbers glibc reserves: nothing to reset there.
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) == -1
-                && Errno::last() != Errno::EINVAL
-            {
-                return Err(Errno::last());
+    // SAFETY: sigaction with a zeroed, fully initialised stack struct; no handler is installed
+    // (SIG_DFL only).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut sa.sa_mask);
+        let mut sig = 1;
+        while sig < libc::SIGRTMAX() + 1 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // EINVAL for the few numbers glibc reserves: nothing to reset there.
+                if libc::sigaction(sig, &sa, std::ptr::null_mut()) == -1
+                    && Errno::last() != Errno::EINVAL
+                {
+                    return Err(Errno::last());
+                }
             }
+            sig += 1;
         }
-        sig += 1;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Blocks every signal (`block`) or none.
 unsafe fn mask_all(block: bool) -> Result<(), Errno> {
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    if block {
-        libc::sigfillset(&mut set);
-    } else {
-        libc::sigemptyset(&mut set);
+    // SAFETY: sigprocmask with a stack sigset filled by sigfillset/sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if block {
+            libc::sigfillset(&mut set);
+        } else {
+            libc::sigemptyset(&mut set);
+        }
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))
+        .map(drop)
     }
-    check(libc::sigprocmask(
-        libc::SIG_SETMASK,
-        &set,
-        std::ptr::null_mut(),
-    ))
-    .map(drop)
 }
 
 /// The bit mask of [`FORWARDED`] signals, as `sandbox-init` takes it (bit N for signal N).
@@ -110,123 +117,132 @@ unsafe extern "C" fn plugin_entry(arg: *const u8) -> ! {
 /// # Safety
 /// Child-side only; never returns. `ctx` is the `ChildCtx` this init was started with.
 pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds, ctx: *const ChildCtx) -> ! {
-    let e = fds.err_w;
-    if let Err(err) = reset_dispositions().and_then(|_| mask_all(true)) {
-        fail(e, Step::Signals, err)
-    }
-    // The plugin shares this address space (the host's) until its execve, on a stack of its
-    // own: nothing of the host is copied. It waits for sandbox-init's go first.
-    let mut args = CloneArgs {
-        flags: libc::CLONE_VM as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: fds.plugin_stack as u64,
-        stack_size: fds.plugin_stack_size as u64,
-        ..Default::default()
-    };
-    let child = clone3_vm(&mut args, plugin_entry, ctx.cast());
-    if child < 0 {
-        fail(e, Step::Fork, Errno::from_raw(-child as i32))
-    }
-    // The init needs no privilege to forward signals to and reap its own children, and the
-    // empty bounding set keeps sandbox-init from regaining any at its exec.
-    if let Err(err) = caps::drop_all_but(0, plan.last_cap) {
-        fail(e, Step::Capabilities, err)
-    }
-    // The init never uses stdio: its copies would keep the host's pipes open after the
-    // plugin closed them (a plugin that closes stdout must give the host end of file).
-    for fd in 0..3 {
-        libc::close(fd);
-    }
-    libc::close(fds.go_r);
-    // The status pipe and the go pipe cross the exec; everything else of ours is CLOEXEC,
-    // the error pipe included (its end of file then means both have exec'd).
-    for fd in [fds.status_w, fds.go_w] {
-        if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
-            fail(e, Step::InitExec, err)
+    // SAFETY: raw system calls on the plan and fds the host prepared, which the spawner keeps
+    // alive until this process execs; the plugin clone gets the ChildCtx it needs and a stack
+    // the spawner mapped for it.
+    unsafe {
+        let e = fds.err_w;
+        if let Err(err) = reset_dispositions().and_then(|_| mask_all(true)) {
+            fail(e, Step::Signals, err)
         }
+        // The plugin shares this address space (the host's) until its execve, on a stack of its
+        // own: nothing of the host is copied. It waits for sandbox-init's go first.
+        let mut args = CloneArgs {
+            flags: libc::CLONE_VM as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: fds.plugin_stack as u64,
+            stack_size: fds.plugin_stack_size as u64,
+            ..Default::default()
+        };
+        let child = clone3_vm(&mut args, plugin_entry, ctx.cast());
+        if child < 0 {
+            fail(e, Step::Fork, Errno::from_raw(-child as i32))
+        }
+        // The init needs no privilege to forward signals to and reap its own children, and the
+        // empty bounding set keeps sandbox-init from regaining any at its exec.
+        if let Err(err) = caps::drop_all_but(0, plan.last_cap) {
+            fail(e, Step::Capabilities, err)
+        }
+        // The init never uses stdio: its copies would keep the host's pipes open after the
+        // plugin closed them (a plugin that closes stdout must give the host end of file).
+        for fd in 0..3 {
+            libc::close(fd);
+        }
+        libc::close(fds.go_r);
+        // The status pipe and the go pipe cross the exec; everything else of ours is CLOEXEC,
+        // the error pipe included (its end of file then means both have exec'd).
+        for fd in [fds.status_w, fds.go_w] {
+            if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
+                fail(e, Step::InitExec, err)
+            }
+        }
+        let (mut b1, mut b2, mut b3, mut b4) = ([0u8; 24], [0u8; 24], [0u8; 24], [0u8; 24]);
+        let argv: [*const libc::c_char; 6] = [
+            c"sandbox-init".as_ptr(),
+            decimal(child as u64, &mut b1),
+            decimal(fds.status_w as u64, &mut b2),
+            decimal(fds.go_w as u64, &mut b3),
+            decimal(forward_mask(), &mut b4),
+            std::ptr::null(),
+        ];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        libc::syscall(
+            libc::SYS_execveat,
+            fds.init_exe,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        fail(e, Step::InitExec, Errno::last())
     }
-    let (mut b1, mut b2, mut b3, mut b4) = ([0u8; 24], [0u8; 24], [0u8; 24], [0u8; 24]);
-    let argv: [*const libc::c_char; 6] = [
-        c"sandbox-init".as_ptr(),
-        decimal(child as u64, &mut b1),
-        decimal(fds.status_w as u64, &mut b2),
-        decimal(fds.go_w as u64, &mut b3),
-        decimal(forward_mask(), &mut b4),
-        std::ptr::null(),
-    ];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    libc::syscall(
-        libc::SYS_execveat,
-        fds.init_exe,
-        c"".as_ptr(),
-        argv.as_ptr(),
-        envp.as_ptr(),
-        libc::AT_EMPTY_PATH,
-    );
-    fail(e, Step::InitExec, Errno::last())
 }
 
 /// The plugin's own steps after the fork, then `execve`.
 unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
-    let e = fds.err_w;
-    libc::close(fds.status_w);
-    libc::close(fds.go_w);
-    // Wait until the init is sandbox-init: from then on PID 1 holds nothing of the host, and
-    // only then may anything of the plugin's run.
-    let mut go = 0u8;
-    loop {
-        let n = libc::read(fds.go_r, (&mut go as *mut u8).cast(), 1);
-        if n == 1 {
-            break;
+    // SAFETY: raw system calls on the plan and fds the host prepared, alive until the execve
+    // below; every pointer passed (paths, argv, envp) is a NUL-terminated CString of the plan.
+    unsafe {
+        let e = fds.err_w;
+        libc::close(fds.status_w);
+        libc::close(fds.go_w);
+        // Wait until the init is sandbox-init: from then on PID 1 holds nothing of the host, and
+        // only then may anything of the plugin's run.
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(fds.go_r, (&mut go as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n == 0 || Errno::last() != Errno::EINTR {
+                // The init is gone (its own failure is on the error pipe).
+                libc::_exit(125);
+            }
         }
-        if n == 0 || Errno::last() != Errno::EINTR {
-            // The init is gone (its own failure is on the error pipe).
-            libc::_exit(125);
+        libc::close(fds.go_r);
+        if let Err(err) = mask_all(false) {
+            fail(e, Step::Signals, err)
         }
-    }
-    libc::close(fds.go_r);
-    if let Err(err) = mask_all(false) {
-        fail(e, Step::Signals, err)
-    }
-    if let Err(err) = check(libc::chdir(plan.c.cwd.as_ptr())) {
-        fail(e, Step::Chdir, err)
-    }
-    // Landlock first: its rules open the sandbox's paths (before a small `nofile` limit),
-    // and restricting needs CAP_SYS_ADMIN or no_new_privs.
-    if let Some(ll) = &plan.landlock {
-        if let Err((rule, err)) = landlock::enforce(ll) {
-            fail_at(e, Step::Landlock, rule, err)
+        if let Err(err) = check(libc::chdir(plan.c.cwd.as_ptr())) {
+            fail(e, Step::Chdir, err)
         }
-    }
-    // Limits before the capability drop: CAP_SYS_RESOURCE lets a profile's limit go above
-    // the caller's hard limit.
-    if let Err((res, err)) = rlimit::apply(&plan.rlimits) {
-        fail_at(e, Step::Rlimits, res, err)
-    }
-    if let Err(err) = caps::become_user(plan.uid, plan.gid, plan.keep_caps, plan.last_cap) {
-        fail(e, Step::Capabilities, err)
-    }
-    if let Err(err) = caps::no_new_privs() {
-        fail(e, Step::NoNewPrivs, err)
-    }
-    // Only fds 0, 1, 2, the error pipe (CLOEXEC: it closes at execve) and the profile's
-    // pass_fds survive; the pass_fds lose CLOEXEC so they cross the execve.
-    if let Err(err) = close_all_but(fds.plugin_keep()) {
-        fail(e, Step::CloseFds, err)
-    }
-    for &fd in plan.pass_fds() {
-        if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
-            fail(e, Step::PassFds, err)
+        // Landlock first: its rules open the sandbox's paths (before a small `nofile` limit),
+        // and restricting needs CAP_SYS_ADMIN or no_new_privs.
+        if let Some(ll) = &plan.landlock {
+            if let Err((rule, err)) = landlock::enforce(ll) {
+                fail_at(e, Step::Landlock, rule, err)
+            }
         }
+        // Limits before the capability drop: CAP_SYS_RESOURCE lets a profile's limit go above
+        // the caller's hard limit.
+        if let Err((res, err)) = rlimit::apply(&plan.rlimits) {
+            fail_at(e, Step::Rlimits, res, err)
+        }
+        if let Err(err) = caps::become_user(plan.uid, plan.gid, plan.keep_caps, plan.last_cap) {
+            fail(e, Step::Capabilities, err)
+        }
+        if let Err(err) = caps::no_new_privs() {
+            fail(e, Step::NoNewPrivs, err)
+        }
+        // Only fds 0, 1, 2, the error pipe (CLOEXEC: it closes at execve) and the profile's
+        // pass_fds survive; the pass_fds lose CLOEXEC so they cross the execve.
+        if let Err(err) = close_all_but(fds.plugin_keep()) {
+            fail(e, Step::CloseFds, err)
+        }
+        for &fd in plan.pass_fds() {
+            if let Err(err) = check(libc::fcntl(fd, libc::F_SETFD, 0)) {
+                fail(e, Step::PassFds, err)
+            }
+        }
+        // seccomp last: nothing of the setup is filtered, only the plugin from its execve on.
+        if let Err(err) = seccomp::apply(&plan.seccomp) {
+            fail(e, Step::Seccomp, err)
+        }
+        libc::execve(
+            plan.c.program.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
+        fail(e, Step::Exec, Errno::last())
     }
-    // seccomp last: nothing of the setup is filtered, only the plugin from its execve on.
-    if let Err(err) = seccomp::apply(&plan.seccomp) {
-        fail(e, Step::Seccomp, err)
-    }
-    libc::execve(
-        plan.c.program.as_ptr(),
-        plan.argv_ptrs.as_ptr(),
-        plan.envp_ptrs.as_ptr(),
-    );
-    fail(e, Step::Exec, Errno::last())
 }

@@ -75,14 +75,17 @@ pub(crate) struct MountOp {
 /// # Safety
 /// Child-side only.
 pub(crate) unsafe fn make_private(plan: &Plan) -> Result<(), Errno> {
-    check(libc::mount(
-        std::ptr::null(),
-        plan.c.root.as_ptr(),
-        std::ptr::null(),
-        libc::MS_REC | libc::MS_PRIVATE,
-        std::ptr::null(),
-    ))
-    .map(drop)
+    // SAFETY: mount with a CString of the plan and null pointers where the kernel takes none.
+    unsafe {
+        check(libc::mount(
+            std::ptr::null(),
+            plan.c.root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))
+        .map(drop)
+    }
 }
 
 /// Mounts a fresh `proc` on `/proc` over the host's view (when there is no private root),
@@ -91,14 +94,17 @@ pub(crate) unsafe fn make_private(plan: &Plan) -> Result<(), Errno> {
 /// # Safety
 /// Child-side only.
 pub(crate) unsafe fn mount_proc(plan: &Plan) -> Result<(), Errno> {
-    check(libc::mount(
-        plan.c.proc_fstype.as_ptr(),
-        plan.c.proc_dir.as_ptr(),
-        plan.c.proc_fstype.as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        std::ptr::null(),
-    ))
-    .map(drop)
+    // SAFETY: mount with CStrings of the plan.
+    unsafe {
+        check(libc::mount(
+            plan.c.proc_fstype.as_ptr(),
+            plan.c.proc_dir.as_ptr(),
+            plan.c.proc_fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ))
+        .map(drop)
+    }
 }
 
 unsafe fn set_attr(
@@ -106,100 +112,108 @@ unsafe fn set_attr(
     flags: libc::c_uint,
     attrs: u64,
 ) -> Result<(), Errno> {
-    let a = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let r = libc::syscall(
-        libc::SYS_mount_setattr,
-        libc::AT_FDCWD,
-        path,
-        flags,
-        &a as *const MountAttr,
-        std::mem::size_of::<MountAttr>(),
-    );
-    if r == -1 {
-        Err(Errno::last())
-    } else {
-        Ok(())
+    // SAFETY: mount_setattr with `path` (a CString of the plan, per the callers) and a stack
+    // struct of the size passed.
+    unsafe {
+        let a = MountAttr {
+            attr_set: attrs,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let r = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path,
+            flags,
+            &a as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if r == -1 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
     }
 }
 
 unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
-    let null = std::ptr::null::<libc::c_char>();
-    match op.kind {
-        OpKind::Mkdir => {
-            if libc::mkdir(op.dst.as_ptr(), op.mode) == -1 {
-                let e = Errno::last();
-                if e != Errno::EEXIST {
-                    return Err(e);
+    // SAFETY: mkdir/open/mount/symlink with the op's CStrings (NUL-terminated, owned by the
+    // plan).
+    unsafe {
+        let null = std::ptr::null::<libc::c_char>();
+        match op.kind {
+            OpKind::Mkdir => {
+                if libc::mkdir(op.dst.as_ptr(), op.mode) == -1 {
+                    let e = Errno::last();
+                    if e != Errno::EEXIST {
+                        return Err(e);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                // The caller's umask must not weaken or tighten the mode asked for.
+                check(libc::chmod(op.dst.as_ptr(), op.mode)).map(drop)
             }
-            // The caller's umask must not weaken or tighten the mode asked for.
-            check(libc::chmod(op.dst.as_ptr(), op.mode)).map(drop)
-        }
-        OpKind::Touch => {
-            let fd = check(libc::open(
-                op.dst.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
-                op.mode,
-            ))?;
-            libc::close(fd);
-            Ok(())
-        }
-        OpKind::Bind { attrs } => {
-            check(libc::mount(
+            OpKind::Touch => {
+                let fd = check(libc::open(
+                    op.dst.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+                    op.mode,
+                ))?;
+                libc::close(fd);
+                Ok(())
+            }
+            OpKind::Bind { attrs } => {
+                check(libc::mount(
+                    op.src.as_ptr(),
+                    op.dst.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+            }
+            OpKind::BindIfExists { attrs } => {
+                if libc::mount(
+                    op.src.as_ptr(),
+                    op.dst.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) == -1
+                {
+                    let e = Errno::last();
+                    return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
+                }
+                set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+            }
+            OpKind::ReadOnly => set_attr(op.dst.as_ptr(), 0, MOUNT_ATTR_RDONLY),
+            OpKind::Tmpfs { flags } => check(libc::mount(
                 op.src.as_ptr(),
                 op.dst.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ))?;
-            set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
-        }
-        OpKind::BindIfExists { attrs } => {
-            if libc::mount(
+                c"tmpfs".as_ptr(),
+                flags,
+                op.data.as_ptr().cast(),
+            ))
+            .map(drop),
+            OpKind::Proc => check(libc::mount(
                 op.src.as_ptr(),
                 op.dst.as_ptr(),
-                null,
-                libc::MS_BIND | libc::MS_REC,
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
-            ) == -1
-            {
-                let e = Errno::last();
-                return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
-            }
-            set_attr(op.dst.as_ptr(), AT_RECURSIVE, attrs)
+            ))
+            .map(drop),
+            OpKind::Devpts => check(libc::mount(
+                op.src.as_ptr(),
+                op.dst.as_ptr(),
+                c"devpts".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                op.data.as_ptr().cast(),
+            ))
+            .map(drop),
+            OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
         }
-        OpKind::ReadOnly => set_attr(op.dst.as_ptr(), 0, MOUNT_ATTR_RDONLY),
-        OpKind::Tmpfs { flags } => check(libc::mount(
-            op.src.as_ptr(),
-            op.dst.as_ptr(),
-            c"tmpfs".as_ptr(),
-            flags,
-            op.data.as_ptr().cast(),
-        ))
-        .map(drop),
-        OpKind::Proc => check(libc::mount(
-            op.src.as_ptr(),
-            op.dst.as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ))
-        .map(drop),
-        OpKind::Devpts => check(libc::mount(
-            op.src.as_ptr(),
-            op.dst.as_ptr(),
-            c"devpts".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            op.data.as_ptr().cast(),
-        ))
-        .map(drop),
-        OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
     }
 }
 
@@ -208,48 +222,52 @@ unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
 /// # Safety
 /// Child-side only; async-signal-safe; reports failures through `err_w` and exits.
 pub(crate) unsafe fn setup_root(plan: &Plan, err_w: libc::c_int) {
-    let c = &plan.c;
-    if let Err(e) = check(libc::mount(
-        c"tmpfs".as_ptr(),
-        c.staging.as_ptr(),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        c"mode=755".as_ptr().cast(),
-    )) {
-        fail_at(err_w, Step::RootTmpfs, 0, e)
-    }
-    if let Err(e) = check(libc::mkdir(c.staging_old.as_ptr(), 0o700))
-        .and_then(|_| {
-            let r = libc::syscall(
-                libc::SYS_pivot_root,
-                c.staging.as_ptr(),
-                c.staging_old.as_ptr(),
-            );
-            if r == -1 {
-                Err(Errno::last())
-            } else {
-                Ok(0)
-            }
-        })
-        .and_then(|_| check(libc::chdir(c.root.as_ptr())))
-    {
-        fail_at(err_w, Step::PivotRoot, 0, e)
-    }
-    for op in &plan.root_ops {
-        if let Err(e) = run_op(op) {
-            fail_at(err_w, Step::Mount, op.entry, e)
+    // SAFETY: mount/mkdir/pivot_root/chdir/umount2/rmdir with CStrings of the plan; each
+    // failure is reported with fail_at, which exits.
+    unsafe {
+        let c = &plan.c;
+        if let Err(e) = check(libc::mount(
+            c"tmpfs".as_ptr(),
+            c.staging.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=755".as_ptr().cast(),
+        )) {
+            fail_at(err_w, Step::RootTmpfs, 0, e)
         }
-    }
-    if let Err(e) = check(libc::umount2(c.old_root.as_ptr(), libc::MNT_DETACH))
-        .and_then(|_| check(libc::rmdir(c.old_root.as_ptr())))
-    {
-        fail_at(err_w, Step::DetachOldRoot, 0, e)
-    }
-    if let Err(e) = set_attr(
-        c.root.as_ptr(),
-        0,
-        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-    ) {
-        fail_at(err_w, Step::RootReadOnly, 0, e)
+        if let Err(e) = check(libc::mkdir(c.staging_old.as_ptr(), 0o700))
+            .and_then(|_| {
+                let r = libc::syscall(
+                    libc::SYS_pivot_root,
+                    c.staging.as_ptr(),
+                    c.staging_old.as_ptr(),
+                );
+                if r == -1 {
+                    Err(Errno::last())
+                } else {
+                    Ok(0)
+                }
+            })
+            .and_then(|_| check(libc::chdir(c.root.as_ptr())))
+        {
+            fail_at(err_w, Step::PivotRoot, 0, e)
+        }
+        for op in &plan.root_ops {
+            if let Err(e) = run_op(op) {
+                fail_at(err_w, Step::Mount, op.entry, e)
+            }
+        }
+        if let Err(e) = check(libc::umount2(c.old_root.as_ptr(), libc::MNT_DETACH))
+            .and_then(|_| check(libc::rmdir(c.old_root.as_ptr())))
+        {
+            fail_at(err_w, Step::DetachOldRoot, 0, e)
+        }
+        if let Err(e) = set_attr(
+            c.root.as_ptr(),
+            0,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        ) {
+            fail_at(err_w, Step::RootReadOnly, 0, e)
+        }
     }
 }

@@ -32,21 +32,25 @@ impl RlimitPlan {
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn apply(plan: &RlimitPlan) -> Result<(), (u32, Errno)> {
-    for r in plan.items() {
-        let lim = libc::rlimit64 {
-            rlim_cur: r.soft,
-            rlim_max: r.hard,
-        };
-        let ret = libc::syscall(
-            libc::SYS_prlimit64,
-            0 as libc::pid_t,
-            r.resource as libc::c_int,
-            &lim as *const libc::rlimit64,
-            std::ptr::null_mut::<libc::rlimit64>(),
-        );
-        if ret == -1 {
-            return Err((r.resource, Errno::last()));
+    // SAFETY: system calls with pointers to stack structs and to data of the plan, alive for
+    // each call.
+    unsafe {
+        for r in plan.items() {
+            let lim = libc::rlimit64 {
+                rlim_cur: r.soft,
+                rlim_max: r.hard,
+            };
+            let ret = libc::syscall(
+                libc::SYS_prlimit64,
+                0 as libc::pid_t,
+                r.resource as libc::c_int,
+                &lim as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            );
+            if ret == -1 {
+                return Err((r.resource, Errno::last()));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

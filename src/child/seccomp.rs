@@ -9,20 +9,24 @@ use seccompiler::BpfProgram;
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn apply(programs: &[BpfProgram]) -> Result<(), Errno> {
-    for p in programs {
-        let prog = libc::sock_fprog {
-            len: p.len() as libc::c_ushort,
-            filter: p.as_ptr() as *mut libc::sock_filter,
-        };
-        let r = libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
-            0 as libc::c_ulong,
-            &prog as *const libc::sock_fprog,
-        );
-        if r == -1 {
-            return Err(Errno::last());
+    // SAFETY: system calls with pointers to stack structs and to data of the plan, alive for
+    // each call.
+    unsafe {
+        for p in programs {
+            let prog = libc::sock_fprog {
+                len: p.len() as libc::c_ushort,
+                filter: p.as_ptr() as *mut libc::sock_filter,
+            };
+            let r = libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+                0 as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            );
+            if r == -1 {
+                return Err(Errno::last());
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -15,40 +15,43 @@ use super::{init, mnt, net, uts};
 /// # Safety
 /// Child-side; plain syscalls on a local buffer.
 unsafe fn parent_in_host_view() -> Result<i32, Errno> {
-    let fd = libc::open(
-        c"/proc/self/stat".as_ptr(),
-        libc::O_RDONLY | libc::O_CLOEXEC,
-    );
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let mut buf = [0u8; 512];
-    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-    let read_errno = Errno::last();
-    libc::close(fd);
-    if n < 0 {
-        return Err(read_errno);
-    }
-    let line = &buf[..n as usize];
-    // "pid (comm) S ppid ...": the command may hold spaces and ')', so count after the last.
-    let Some(close) = line.iter().rposition(|&b| b == b')') else {
-        return Err(Errno::EINVAL);
-    };
-    let mut fields = line[close + 1..]
-        .split(|&b| b == b' ')
-        .filter(|f| !f.is_empty());
-    let _state = fields.next();
-    let Some(ppid) = fields.next() else {
-        return Err(Errno::EINVAL);
-    };
-    let mut v: i32 = 0;
-    for &d in ppid {
-        if !d.is_ascii_digit() {
-            return Err(Errno::EINVAL);
+    // SAFETY: open/read/close on a stack buffer; the fd is ours and closed before returning.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/stat".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(Errno::last());
         }
-        v = v.saturating_mul(10).saturating_add((d - b'0') as i32);
+        let mut buf = [0u8; 512];
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        let read_errno = Errno::last();
+        libc::close(fd);
+        if n < 0 {
+            return Err(read_errno);
+        }
+        let line = &buf[..n as usize];
+        // "pid (comm) S ppid ...": the command may hold spaces and ')', so count after the last.
+        let Some(close) = line.iter().rposition(|&b| b == b')') else {
+            return Err(Errno::EINVAL);
+        };
+        let mut fields = line[close + 1..]
+            .split(|&b| b == b' ')
+            .filter(|f| !f.is_empty());
+        let _state = fields.next();
+        let Some(ppid) = fields.next() else {
+            return Err(Errno::EINVAL);
+        };
+        let mut v: i32 = 0;
+        for &d in ppid {
+            if !d.is_ascii_digit() {
+                return Err(Errno::EINVAL);
+            }
+            v = v.saturating_mul(10).saturating_add((d - b'0') as i32);
+        }
+        Ok(v)
     }
-    Ok(v)
 }
 
 /// The init's steps, in the order the kernel needs them, then the init loop.
@@ -56,88 +59,92 @@ unsafe fn parent_in_host_view() -> Result<i32, Errno> {
 /// # Safety
 /// Runs in the freshly cloned child; async-signal-safe; never returns.
 pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
-    let plan = &*ctx.plan;
-    let fds = &ctx.fds;
-    let e = fds.err_w;
-    // Die with the spawner thread (unless detached). A host that died before this prctl
-    // sends no signal: the parent check right below closes that race.
-    if !plan.detach {
-        if let Err(err) = check(libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )) {
-            fail(e, Step::DeathSignal, err)
-        }
-    }
-    // The host may have died before the death signal was armed: then no signal comes, and
-    // (with the whole host SIGKILLed) the child has been handed to a subreaper. In a new PID
-    // namespace getppid() says 0, but the host's /proc is still mounted here and tells our
-    // parent in the host's view: it must still be the host.
-    if !plan.detach && fds.host_pid > 0 {
-        match parent_in_host_view() {
-            // The host is gone: nobody is there to read a record.
-            Ok(ppid) if ppid != fds.host_pid => libc::_exit(125),
-            Ok(_) => {}
-            Err(err) => fail(e, Step::DeathSignal, err),
-        }
-    }
-    // No PR_SET_DUMPABLE here: dumpability belongs to the address space, which is the host's
-    // until the exec of sandbox-init, and sandbox-init makes itself non-dumpable. Nothing of
-    // the sandbox's own runs before then (the plugin waits for sandbox-init's go).
-    libc::close(fds.sync_w);
-    if let Err(err) = connect_stdio(fds) {
-        fail(e, Step::Stdio, err)
-    }
-    if let Err(err) = close_all_but(fds.init_keep()) {
-        fail(e, Step::CloseFds, err)
-    }
-    // Wait for the host: it may still have to place us (cgroups) and, rootless, write our
-    // uid/gid maps before anything runs.
-    let mut go = 0u8;
-    loop {
-        let n = libc::read(fds.sync_r, (&mut go as *mut u8).cast(), 1);
-        if n == 1 {
-            break;
-        }
-        if n == 0 {
-            // The host died before it let us go: nobody is there to run for.
-            libc::_exit(125);
-        }
-        let err = Errno::last();
-        if err != Errno::EINTR {
-            fail(e, Step::WaitParent, err)
-        }
-    }
-    libc::close(fds.sync_r);
-    if plan.new_session {
-        if let Err(err) = check(libc::setsid()) {
-            fail(e, Step::Setsid, err)
-        }
-    }
-    if plan.ns.mount {
-        if let Err(err) = mnt::make_private(plan) {
-            fail(e, Step::MountPrivate, err)
-        }
-        if plan.private_root {
-            mnt::setup_root(plan, e);
-        } else if plan.ns.pid {
-            if let Err(err) = mnt::mount_proc(plan) {
-                fail(e, Step::MountProc, err)
+    // SAFETY: raw system calls on the plan and fds of the ChildCtx, which the spawner keeps
+    // alive until this process execs; failures exit through fail().
+    unsafe {
+        let plan = &*ctx.plan;
+        let fds = &ctx.fds;
+        let e = fds.err_w;
+        // Die with the spawner thread (unless detached). A host that died before this prctl
+        // sends no signal: the parent check right below closes that race.
+        if !plan.detach {
+            if let Err(err) = check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )) {
+                fail(e, Step::DeathSignal, err)
             }
         }
-    }
-    if plan.ns.uts {
-        if let Err(err) = uts::set_hostname(plan) {
-            fail(e, Step::Hostname, err)
+        // The host may have died before the death signal was armed: then no signal comes, and
+        // (with the whole host SIGKILLed) the child has been handed to a subreaper. In a new PID
+        // namespace getppid() says 0, but the host's /proc is still mounted here and tells our
+        // parent in the host's view: it must still be the host.
+        if !plan.detach && fds.host_pid > 0 {
+            match parent_in_host_view() {
+                // The host is gone: nobody is there to read a record.
+                Ok(ppid) if ppid != fds.host_pid => libc::_exit(125),
+                Ok(_) => {}
+                Err(err) => fail(e, Step::DeathSignal, err),
+            }
         }
-    }
-    if plan.ns.net {
-        if let Err(err) = net::loopback_up() {
-            fail(e, Step::Loopback, err)
+        // No PR_SET_DUMPABLE here: dumpability belongs to the address space, which is the host's
+        // until the exec of sandbox-init, and sandbox-init makes itself non-dumpable. Nothing of
+        // the sandbox's own runs before then (the plugin waits for sandbox-init's go).
+        libc::close(fds.sync_w);
+        if let Err(err) = connect_stdio(fds) {
+            fail(e, Step::Stdio, err)
         }
+        if let Err(err) = close_all_but(fds.init_keep()) {
+            fail(e, Step::CloseFds, err)
+        }
+        // Wait for the host: it may still have to place us (cgroups) and, rootless, write our
+        // uid/gid maps before anything runs.
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(fds.sync_r, (&mut go as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n == 0 {
+                // The host died before it let us go: nobody is there to run for.
+                libc::_exit(125);
+            }
+            let err = Errno::last();
+            if err != Errno::EINTR {
+                fail(e, Step::WaitParent, err)
+            }
+        }
+        libc::close(fds.sync_r);
+        if plan.new_session {
+            if let Err(err) = check(libc::setsid()) {
+                fail(e, Step::Setsid, err)
+            }
+        }
+        if plan.ns.mount {
+            if let Err(err) = mnt::make_private(plan) {
+                fail(e, Step::MountPrivate, err)
+            }
+            if plan.private_root {
+                mnt::setup_root(plan, e);
+            } else if plan.ns.pid {
+                if let Err(err) = mnt::mount_proc(plan) {
+                    fail(e, Step::MountProc, err)
+                }
+            }
+        }
+        if plan.ns.uts {
+            if let Err(err) = uts::set_hostname(plan) {
+                fail(e, Step::Hostname, err)
+            }
+        }
+        if plan.ns.net {
+            if let Err(err) = net::loopback_up() {
+                fail(e, Step::Loopback, err)
+            }
+        }
+        init::run_init(plan, fds, ctx)
     }
-    init::run_init(plan, fds, ctx)
 }

@@ -149,7 +149,8 @@ pub(crate) const STEP_ERROR_LEN: usize = std::mem::size_of::<StepError>();
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn fail(err_w: RawFd, step: Step, errno: Errno) -> ! {
-    fail_at(err_w, step, 0, errno)
+    // SAFETY: see fail_at.
+    unsafe { fail_at(err_w, step, 0, errno) }
 }
 
 /// Like [`fail`], naming item `arg` of the step (e.g. the index of a mount entry).
@@ -157,17 +158,20 @@ pub(crate) unsafe fn fail(err_w: RawFd, step: Step, errno: Errno) -> ! {
 /// # Safety
 /// Child-side only; async-signal-safe.
 pub(crate) unsafe fn fail_at(err_w: RawFd, step: Step, arg: u32, errno: Errno) -> ! {
-    let rec = StepError {
-        step: step as u32,
-        errno: errno as i32,
-        arg,
-    };
-    libc::write(
-        err_w,
-        (&rec as *const StepError).cast(),
-        STEP_ERROR_LEN as libc::size_t,
-    );
-    libc::_exit(125)
+    // SAFETY: write of a stack record to the error pipe, then _exit; both async-signal-safe.
+    unsafe {
+        let rec = StepError {
+            step: step as u32,
+            errno: errno as i32,
+            arg,
+        };
+        libc::write(
+            err_w,
+            (&rec as *const StepError).cast(),
+            STEP_ERROR_LEN as libc::size_t,
+        );
+        libc::_exit(125)
+    }
 }
 
 /// `Err(errno)` when a libc call returned -1.

@@ -10,6 +10,9 @@ use super::step::check;
 /// # Safety
 /// Child-side only.
 pub(crate) unsafe fn set_hostname(plan: &Plan) -> Result<(), Errno> {
-    let h = plan.c.hostname.as_bytes();
-    check(libc::sethostname(h.as_ptr().cast(), h.len())).map(drop)
+    // SAFETY: sethostname with the bytes and length of a CString of the plan.
+    unsafe {
+        let h = plan.c.hostname.as_bytes();
+        check(libc::sethostname(h.as_ptr().cast(), h.len())).map(drop)
+    }
 }

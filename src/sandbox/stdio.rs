@@ -177,7 +177,9 @@ pub(super) fn fd_kind(fd: RawFd) -> std::io::Result<FdKind> {
     if fl & libc::O_PATH != 0 {
         return Ok(FdKind::Path);
     }
+    // SAFETY: `stat` is plain old data, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the live struct above.
     if unsafe { libc::fstat(fd, &mut st) } == -1 {
         return Err(std::io::Error::last_os_error());
     }
