@@ -232,9 +232,10 @@ impl SandboxCgroup {
     ///   (0 by default), `pids.max`, `cpu.max` (`"quota 100000"`), `cpu.weight`.
     ///
     /// A missing or non-delegated controller is an error naming it and the fix; on any error
-    /// nothing this call made is left behind. Stale sandboxes of dead hosts are reclaimed
-    /// first ([`reclaim_stale`]), and an owner record is kept for this one until
-    /// [`remove`](Self::remove).
+    /// nothing this call made is left behind. An owner record is kept for this one until
+    /// [`remove`](Self::remove), so that [`reclaim_stale`] (`sandbox-run check --cleanup`)
+    /// finds it should its host and the host's reaper both die first. Nothing here scans the
+    /// other sandboxes: a create costs the same with none or thousands alive.
     pub fn create(
         id: &str,
         limits: &Limits,
@@ -256,9 +257,6 @@ impl SandboxCgroup {
     ) -> Result<SandboxCgroup, CgroupError> {
         validate_id(id)?;
         limits.validate()?;
-        // Cheap (one directory listing); its errors concern other sandboxes and are reported
-        // by `sandbox-run check --cleanup`, so they do not stop this one.
-        let _ = reclaim_stale();
         let needed = limits.controllers();
         let plan = detection.plan(id, &needed, parent)?;
         let (version, leaves) = match &plan {

@@ -38,9 +38,9 @@ impl SandboxRunner {
         // A detached sandbox keeps its state (and the plugin's exit status) in a directory
         // of its own, so a process that reattaches later can read it; removed on failure.
         let mut state_guard = DirGuard(None);
-        // State directories that crashed hosts left behind are reclaimed on the way (stale
-        // cgroups are, when this sandbox's cgroup is made).
-        let _ = crate::state::reclaim_stale();
+        // No scan for what crashed hosts left behind: each host's reaper removes it within
+        // milliseconds of the host's death, and `sandbox-run check --cleanup` reclaims what a
+        // killed reaper left. A scan here would cost every start O(sandboxes alive).
         if self.plan.detach || self.socket_host.is_some() {
             let gid = self.socket_group()?;
             state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);
