@@ -16,6 +16,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{normalize_name, Egress};
 
@@ -45,6 +46,53 @@ pub async fn serve_dns(egress: Arc<Egress>, socket: std::net::UdpSocket) -> io::
             let _ = socket.send_to(&reply, peer).await;
         }
     }
+}
+
+/// Serve DNS over TCP on `listener` until shutdown (RFC 1035 4.2.2 framing: each message
+/// is preceded by its length as two bytes; several queries may follow on one connection).
+/// Clients use TCP after a truncated UDP answer or when told to (`options use-vc`); the
+/// stub's answers are the same as over UDP. A connection idle for the handshake timeout is
+/// closed.
+///
+/// `listener` is a bound, listening std socket (made in the sandbox's namespace, e.g.
+/// `127.0.0.1:53`); it is set non-blocking here. Must be called within a tokio runtime.
+pub async fn serve_dns_tcp(egress: Arc<Egress>, listener: std::net::TcpListener) -> io::Result<()> {
+    egress
+        .serve_tcp(
+            listener,
+            "dns-tcp",
+            |egress, mut stream, permit| async move {
+                let _permit = permit;
+                let idle = egress.config().handshake_timeout;
+                let mut buf = vec![0u8; u16::MAX as usize];
+                loop {
+                    let mut len = [0u8; 2];
+                    match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+                        Ok(Ok(_)) => {}
+                        _ => return,
+                    }
+                    let n = usize::from(u16::from_be_bytes(len));
+                    let query = &mut buf[..n];
+                    match tokio::time::timeout(idle, stream.read_exact(query)).await {
+                        Ok(Ok(_)) => {}
+                        _ => return,
+                    }
+                    let Some(reply) = answer(&egress, query) else {
+                        return;
+                    };
+                    let Ok(rlen) = u16::try_from(reply.len()) else {
+                        return;
+                    };
+                    let mut out = Vec::with_capacity(reply.len() + 2);
+                    out.extend_from_slice(&rlen.to_be_bytes());
+                    out.extend_from_slice(&reply);
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        )
+        .await
 }
 
 /// The stub's reply to one query message (wire format in, wire format out); `None` when the

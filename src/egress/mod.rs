@@ -67,6 +67,7 @@ pub mod policy;
 pub mod relay;
 pub mod resolve;
 pub mod socks;
+pub mod wire;
 
 mod gate;
 mod refusals;
@@ -380,6 +381,13 @@ impl Rules {
             .map(|r| r.as_ref().parse())
             .collect::<Result<Vec<Rule>, _>>()?;
         Ok(Rules { rules })
+    }
+
+    /// Rules already parsed, in the order given.
+    pub fn from_rules<I: IntoIterator<Item = Rule>>(rules: I) -> Rules {
+        Rules {
+            rules: rules.into_iter().collect(),
+        }
     }
 
     /// The rules, in the order given.

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A shared recorder of refused connections (and names the DNS stub refused), one per
 /// sandbox. Cloning shares it.
@@ -18,7 +18,7 @@ struct Inner {
 }
 
 /// One refused destination and how often it was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedTarget {
     /// `host:port` as the sandbox asked for it (`example.org:80`, `169.254.169.254:80`), or
     /// the name for a DNS refusal.
@@ -30,7 +30,7 @@ pub struct RefusedTarget {
 }
 
 /// Everything refused so far, serializable (for the diagnosis JSON).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalSummary {
     /// Refused connections in all.
     pub connections_refused: u64,
