@@ -35,6 +35,10 @@ pub struct Diagnosis {
     /// Whether the runner stopped it because it reached that limit.
     #[serde(default)]
     pub timed_out: bool,
+    /// What the egress allow-list refused (`[network] allow`, `--allow-net`): connections
+    /// and DNS names, counted per destination; null without rules.
+    #[serde(default)]
+    pub network: Option<crate::egress::RefusalSummary>,
     /// One short paragraph that says what happened and why.
     pub text: String,
 }
@@ -105,6 +109,7 @@ impl Diagnosis {
             counters: None,
             time_limit_ms: None,
             timed_out: false,
+            network: None,
             text: String::new(),
         };
         d.text = d.render();
@@ -123,6 +128,14 @@ impl Diagnosis {
     pub fn with_time_limit(mut self, limit: std::time::Duration, timed_out: bool) -> Self {
         self.time_limit_ms = Some(limit.as_millis() as u64);
         self.timed_out = timed_out;
+        self.text = self.render();
+        self
+    }
+
+    /// Adds what the egress allow-list refused, e.g. `network: 3 connections refused
+    /// (example.org:80 x2, 169.254.169.254:80)` in the text (nothing when nothing was).
+    pub fn with_network(mut self, refused: crate::egress::RefusalSummary) -> Self {
+        self.network = Some(refused);
         self.text = self.render();
         self
     }
@@ -162,8 +175,13 @@ impl Diagnosis {
         if let Some(e) = &self.setup_error {
             return format!("{p} did not start: {e}");
         }
+        let network = self.network.as_ref().and_then(|n| n.text());
         if self.running {
-            return format!("{p} is still running in sandbox {}", self.id);
+            let mut text = format!("{p} is still running in sandbox {}", self.id);
+            if let Some(n) = network {
+                text.push_str(&format!("; {n}"));
+            }
+            return text;
         }
         let Some(s) = self.status else {
             return format!("{p} was not started");
@@ -182,6 +200,9 @@ impl Diagnosis {
         if !reasons.is_empty() {
             text.push_str(if s.signal().is_some() { ": " } else { "; " });
             text.push_str(&reasons.join("; "));
+        }
+        if let Some(n) = network {
+            text.push_str(&format!("; {n}"));
         }
         text
     }
@@ -260,5 +281,35 @@ mod tests {
             "counters":null,"text":"t"}"#;
         let d: Diagnosis = serde_json::from_str(old).unwrap();
         assert!(!d.timed_out && d.time_limit_ms.is_none());
+        assert!(d.network.is_none());
+    }
+
+    #[test]
+    fn network_refusals_are_counted_and_named() {
+        let r = crate::egress::Refusals::new();
+        r.record("example.org:80", "no rule allows this host");
+        r.record("169.254.169.254:80", "link-local");
+        r.record("example.org:80", "no rule allows this host");
+        let d = Diagnosis::new("i", "sh", Some(ExitStatus::Exited { code: 0 }), None, false)
+            .with_network(r.snapshot());
+        assert_eq!(
+            d.text,
+            "sh exited with status 0; network: 3 connections refused (example.org:80 x2, \
+             169.254.169.254:80)"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["network"]["connections_refused"], 3);
+        assert_eq!(
+            json["network"]["connections"][1]["target"],
+            "169.254.169.254:80"
+        );
+        // Rules but nothing refused: the usual text, and the (empty) counts in the JSON.
+        let d = Diagnosis::new("i", "sh", Some(ExitStatus::Exited { code: 0 }), None, false)
+            .with_network(crate::egress::Refusals::new().snapshot());
+        assert_eq!(d.text, "sh exited with status 0");
+        assert_eq!(
+            serde_json::to_value(&d).unwrap()["network"]["connections_refused"],
+            0
+        );
     }
 }
