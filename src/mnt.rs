@@ -339,6 +339,45 @@ impl RootBuilder {
         self.push(OpKind::Bind { attrs }, &old(src), dst, "", 0)
     }
 
+    /// Binds the host file `src` (written by the runner at start, so not checked now)
+    /// read-only (`nosuid,nodev,noexec`) at `dst`, in place of whatever the profile put
+    /// there: a file bind of the profile at exactly `dst` gets `src` as its source instead,
+    /// otherwise `dst` is created on the root tmpfs. A `dst` inside a directory the profile
+    /// binds (`ro-bind /etc`) is refused: the file there could not be replaced.
+    pub fn bind_generated_file(&mut self, src: &Path, dst: &Path, what: &str) -> Result<(), Error> {
+        let label = format!("{what} {} -> {}", src.display(), dst.display());
+        self.labels.push(label.clone());
+        let entry = (self.labels.len() - 1) as u32;
+        let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        let dst_c = cstr(dst)?;
+        let mut replaced = false;
+        for op in self.ops.iter_mut() {
+            if op.dst == dst_c && matches!(op.kind, OpKind::Bind { .. }) {
+                op.kind = OpKind::Bind { attrs };
+                op.src = cstr(&old(src))?;
+                op.entry = entry;
+                replaced = true;
+            }
+        }
+        if replaced {
+            return Ok(());
+        }
+        if let Some((_, d)) = self
+            .binds
+            .iter()
+            .find(|(s, d)| dst.starts_with(d) && d != dst && s.is_dir())
+        {
+            let d = d.display();
+            return Err(self.bad(
+                &label,
+                format!("the profile binds the directory {d} as a whole, so {} cannot be replaced there (bind the files of {d} it needs one by one)", dst.display()),
+            ));
+        }
+        self.dirs(dst, false, 0o755)?;
+        self.push(OpKind::Touch, Path::new(""), dst, "", 0o644)?;
+        self.push(OpKind::Bind { attrs }, &old(src), dst, "", 0)
+    }
+
     /// Makes sure `program` (a host path) can be executed in the sandbox: when no bind shows
     /// its real file at the same path, adds a read-only bind of that file. Returns the path
     /// to `execve` inside the sandbox.

@@ -38,6 +38,20 @@ impl Plan {
         host_env: &dyn Fn(&str) -> Option<OsString>,
         socket_host_dir: Option<&Path>,
     ) -> Result<Plan, Error> {
+        let extras = Extras::default();
+        Self::build(profile, program, args, host_env, socket_host_dir, &extras)
+    }
+
+    /// Like [`Plan::with_socket_dir`], with what the runner adds for features it sets up at
+    /// start (the egress proxies' environment and generated files).
+    pub(crate) fn build(
+        profile: &Profile,
+        program: &OsStr,
+        args: &[OsString],
+        host_env: &dyn Fn(&str) -> Option<OsString>,
+        socket_host_dir: Option<&Path>,
+        extras: &Extras,
+    ) -> Result<Plan, Error> {
         if program.is_empty() {
             return Err(Error::InvalidCommand("no program given".into()));
         }
@@ -49,6 +63,9 @@ impl Plan {
             if profile.sockets.tmpdir {
                 set_env(&mut env, "TMPDIR", dir);
             }
+        }
+        for (k, v) in &extras.env {
+            set_env(&mut env, k, v);
         }
         let path_var = env
             .iter()
@@ -63,6 +80,9 @@ impl Plan {
             }
             if let Some(src) = socket_host_dir {
                 root.bind_socket_dir(src, Path::new(crate::addr::SANDBOX_SOCKET_DIR))?;
+            }
+            for (src, dst) in &extras.files {
+                root.bind_generated_file(src, dst, &extras.files_label)?;
             }
             root.ensure_program(&program_path)?
         } else {
@@ -260,6 +280,18 @@ impl Plan {
             _ => "-".into(),
         }
     }
+}
+
+/// What the runner adds to a profile's plan for features it sets up at start.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// Variables set in the plugin's environment, replacing the profile's.
+    pub env: Vec<(String, String)>,
+    /// Host files (written at start) bound read-only into the private root: `(host path,
+    /// path in the sandbox)`.
+    pub files: Vec<(PathBuf, PathBuf)>,
+    /// What the files are, for error messages.
+    pub files_label: String,
 }
 
 fn set_env(env: &mut Vec<(OsString, OsString)>, k: &str, v: &str) {

@@ -103,6 +103,57 @@ pub struct Profile {
     /// caller (`"auto"`: when the caller is not root; `"always"`; `"never"`).
     #[serde(default)]
     pub rootless: RootlessMode,
+    /// The egress allow-list: the hosts and ports the plugin may reach through the proxies
+    /// and DNS stub the runner serves inside its network namespace (none: loopback only).
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: what the plugin may reach outside its sandbox (see [`crate::egress`]).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// `HOST:PORT` rules (`api.example.com:443`, `*.amazonaws.com:443`, `10.1.2.3:8080`,
+    /// `10.0.0.0/8:5432`, `db.internal:8000-8100`); empty means loopback only.
+    #[serde(default)]
+    pub allow: Vec<NetRule>,
+    /// Client connections served at once, over all of the sandbox's proxies (default 256);
+    /// the next one waits until one ends.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+impl NetworkConfig {
+    /// The rules, parsed.
+    pub fn rules(&self) -> crate::egress::Rules {
+        crate::egress::Rules::from_rules(self.allow.iter().map(|r| r.0.clone()))
+    }
+}
+
+/// One egress rule, `HOST:PORT`, checked when parsed (the error names the rule and why).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct NetRule(crate::egress::Rule);
+
+impl TryFrom<String> for NetRule {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        NetRule::new(&s)
+    }
+}
+
+impl NetRule {
+    /// Parses a rule (for `--allow-net`).
+    pub fn new(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(NetRule)
+            .map_err(|e: crate::egress::RuleError| e.to_string())
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> &crate::egress::Rule {
+        &self.0
+    }
 }
 
 /// When a sandbox runs in its own user namespace (rootless mode).
@@ -254,6 +305,7 @@ impl Default for Profile {
             limits: LimitsConfig::default(),
             user: UserConfig::default(),
             rootless: RootlessMode::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

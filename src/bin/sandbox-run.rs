@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use sandbox_runner::child::FORWARDED;
 use sandbox_runner::profile::{
-    parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, Size, StdinMode, Timeout,
+    parse_size, AbsPath, EnvName, EnvValue, Hostname, MountSpec, NetRule, Size, StdinMode, Timeout,
 };
 use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
 
@@ -77,6 +77,12 @@ struct Cli {
     /// CPU bandwidth in CPUs, like 0.5.
     #[arg(long, value_name = "FLOAT")]
     cpus: Option<f64>,
+
+    /// Allow the program to reach HOST:PORT through the proxies and DNS stub served inside
+    /// its sandbox (repeatable; added to the profile's `[network] allow`). HOST is a name, a
+    /// `*.` wildcard, an IP or a CIDR block; PORT a number or a range like 8000-8100.
+    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = |s: &str| NetRule::new(s))]
+    allow_net: Vec<NetRule>,
 
     /// Wall-clock limit, like 500ms, 30s, 5m or 1h: then SIGTERM, the grace period, and
     /// SIGKILL of the whole sandbox; exit status 124.
@@ -306,6 +312,7 @@ async fn run(cli: Cli, extra_mounts: Vec<MountSpec>, parent: nix::unistd::Pid) -
     if let Some(t) = cli.timeout {
         profile.limits.timeout = Some(t);
     }
+    profile.network.allow.extend(cli.allow_net);
     let diagnose_json = cli.diagnose_json.clone();
     for (k, v) in cli.env {
         profile.env.set.insert(k, v);

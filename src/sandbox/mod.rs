@@ -74,6 +74,8 @@ pub struct SandboxRunner {
     /// This attached sandbox's registration with the reaper, which cleans up after a host
     /// that dies without doing it itself; dropped (unregistered) after the host's cleanup.
     reaped: Option<crate::reaper::Registration>,
+    /// The egress allow-list's proxies and DNS stub, when the profile has rules.
+    egress: Option<crate::egress::wire::SandboxEgress>,
 }
 
 impl SandboxRunner {
@@ -108,12 +110,38 @@ impl SandboxRunner {
         // Planning is the first phase of the start span (closed when start() ends).
         let start_span = tracing::info_span!("start", id = %id);
         let plan_span = tracing::info_span!(parent: &start_span, "plan").entered();
-        let plan = Plan::with_socket_dir(
+        let egress = crate::egress::wire::SandboxEgress::new(
+            profile.network.rules(),
+            crate::egress::wire::Options {
+                private_net: profile.namespaces.net,
+                private_root: profile.private_root && profile.namespaces.mount,
+                detach: profile.detach,
+                rootless: profile
+                    .rootless
+                    .enabled_for(nix::unistd::geteuid().as_raw()),
+                max_connections: profile.network.max_connections,
+                hostname: profile.hostname.as_str().to_string(),
+                files_dir: crate::state::dir_of(&id).join("net"),
+            },
+        )
+        .map_err(|message| {
+            Error::Profile(crate::error::ProfileError::Invalid {
+                origin: "profile [network]".into(),
+                message,
+            })
+        })?;
+        let extras = crate::plan::Extras {
+            env: egress.as_ref().map(|e| e.env()).unwrap_or_default(),
+            files: egress.as_ref().map(|e| e.files()).unwrap_or_default(),
+            files_label: "network: generated".into(),
+        };
+        let plan = Plan::build(
             &profile,
             program.as_ref(),
             &args,
             &|k| std::env::var_os(k),
             socket_host.as_ref().map(|(p, _)| p.as_path()),
+            &extras,
         )?;
         drop(plan_span);
         let stdin = match profile.stdin {
@@ -143,7 +171,17 @@ impl SandboxRunner {
             cgroup_paths: Vec::new(),
             relays: Mutex::new(Vec::new()),
             stdin_relay: None,
+            egress,
         })
+    }
+
+    /// Resolves the names of the profile's `[network]` rules with `resolver` instead of the
+    /// host's resolver (tests, or hosts that resolve their own way). No effect without rules.
+    pub fn with_resolver(mut self, resolver: Arc<dyn crate::egress::resolve::Resolver>) -> Self {
+        if let Some(e) = self.egress.as_mut() {
+            e.set_resolver(resolver);
+        }
+        self
     }
 
     /// Sets where the plugin's stdin comes from (default: the profile's `stdin`).
@@ -202,6 +240,9 @@ impl SandboxRunner {
         let mut d = Diagnosis::new(&self.id, &self.name, status, setup, running);
         if let Some(t) = self.profile.limits.timeout {
             d = d.with_time_limit(t.0, self.timed_out());
+        }
+        if let Some(n) = self.egress.as_ref().and_then(|e| e.refusals()) {
+            d = d.with_network(n);
         }
         match self.running.as_ref().and_then(|r| r.counters()) {
             Some(c) => d.with_cgroup(self.profile.limits.to_limits(), c),
@@ -394,6 +435,10 @@ impl AttachedRunner for SandboxRunner {
             .as_ref()
             .ok_or(Error::State("the sandbox is not started"))?;
         let status = r.wait().await?;
+        // The egress servers stopped when the init was reaped; wait until they are gone.
+        if let Some(e) = &self.egress {
+            e.join().await;
+        }
         // Every byte the plugin wrote reaches the caller's files before wait returns.
         let relays = std::mem::take(&mut *self.relays.lock().unwrap_or_else(|p| p.into_inner()));
         for t in relays {

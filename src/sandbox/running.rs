@@ -27,6 +27,8 @@ pub(super) struct Running {
     pub(super) watcher: Mutex<Option<Watcher>>,
     /// The cgroup counters at the end.
     pub(super) counters: Mutex<Option<Counters>>,
+    /// Stops the egress servers and relays when dropped: once the init is reaped.
+    pub(super) egress: Mutex<Option<crate::egress::ShutdownHandle>>,
     /// Host-side state directory, removed once the sandbox has ended.
     pub(super) state_dir: Option<std::path::PathBuf>,
 }
@@ -106,6 +108,7 @@ impl Running {
         };
         *g = Some(s);
         self.finish_cgroup();
+        drop(self.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
         if self.detached {
             // A detached sandbox owns its cgroups through its init, which is gone now.
             let _ = crate::cgroup::reclaim_stale();

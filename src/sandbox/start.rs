@@ -41,12 +41,17 @@ impl SandboxRunner {
         // No scan for what crashed hosts left behind: each host's reaper removes it within
         // milliseconds of the host's death, and `sandbox-run check --cleanup` reclaims what a
         // killed reaper left. A scan here would cost every start O(sandboxes alive).
-        if self.plan.detach || self.socket_host.is_some() {
+        if self.plan.detach || self.socket_host.is_some() || self.egress.is_some() {
             let gid = self.socket_group()?;
             state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);
             if let Some((host_dir, host_owned)) = &self.socket_host {
                 self.sockets = Some(self.open_sockets(host_dir, *host_owned, gid)?);
             }
+        }
+        if let Some(e) = &self.egress {
+            // resolv.conf and hosts for the private root, removed with the state directory.
+            e.write_files()
+                .map_err(|err| Error::host("network: writing resolv.conf and hosts", err))?;
         }
         let (status_r, status_w) = match (&state_guard.0, self.plan.detach) {
             (Some(dir), true) => status_file(&dir.join("status"))?,
@@ -166,8 +171,10 @@ impl SandboxRunner {
         drop(cgroup_span);
         // Nothing left to do between the clone and the child's first step (placed at birth,
         // no uid maps to write, no state to record): the spawner lets it go at once.
-        let release =
-            (placed_by_clone || cgroup.is_none()) && !self.plan.rootless() && !self.plan.detach;
+        let release = (placed_by_clone || cgroup.is_none())
+            && !self.plan.rootless()
+            && !self.plan.detach
+            && self.egress.is_none();
         let clone_span = tracing::info_span!("clone");
         let pending = spawn::spawn(self.plan.clone(), fds, child_side, placement, release, vm_r)
             .instrument(clone_span.clone())
@@ -199,6 +206,17 @@ impl SandboxRunner {
         if self.plan.detach {
             self.write_state(pid)?;
         }
+        // The egress listeners, made in the init's network namespace while it waits; served
+        // from here until the init is reaped (dropping the handle on an error stops them).
+        let egress_stop = match &self.egress {
+            Some(e) => Some(
+                e.start(pid)
+                    .instrument(tracing::info_span!("egress"))
+                    .await
+                    .map_err(|err| Error::host("network: the sandbox's proxies", err))?,
+            ),
+            None => None,
+        };
         // Let the child go on (unless the spawner did), then wait until neither the init nor
         // the plugin runs in this process's memory any more.
         if !release {
@@ -220,6 +238,7 @@ impl SandboxRunner {
             cgroup: Mutex::new(None),
             watcher: Mutex::new(None),
             counters: Mutex::new(None),
+            egress: Mutex::new(egress_stop),
         };
         if let Some(cg) = cgroup {
             if !running.detached {
