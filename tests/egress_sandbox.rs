@@ -117,7 +117,12 @@ fn resolver() -> Arc<StaticResolver> {
 }
 
 fn profile_with(rules: &[String]) -> Profile {
-    let mut text = String::from("extends = \"default\"\n[network]\nallow = [");
+    profile_text("", rules)
+}
+
+/// The default profile with `top` (top-level keys) and the rules.
+fn profile_text(top: &str, rules: &[String]) -> Profile {
+    let mut text = format!("extends = \"default\"\n{top}\n[network]\nallow = [");
     for r in rules {
         text.push_str(&format!("{r:?}, "));
     }
@@ -228,6 +233,21 @@ async fn every_allowed_path_works_and_every_other_is_refused_and_named() {
     if !privileged() {
         return;
     }
+    every_path("").await;
+}
+
+/// The same in rootless mode (forced as root: the sandbox has its own user namespace, so the
+/// listeners are made by the short-lived child that enters it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootless_every_allowed_path_works_and_every_other_is_refused_and_named() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    every_path("rootless = \"always\"").await;
+}
+
+async fn every_path(top: &str) {
     let http = server(LOCAL, Kind::Http).await;
     let echo = server(LOCAL, Kind::Echo).await;
     // Another port of the allowed host, and an unlisted loopback address.
@@ -244,7 +264,7 @@ async fn every_allowed_path_works_and_every_other_is_refused_and_named() {
         "canary": canary.port(), "canary2": canary2.port(),
     });
     let mut r = SandboxRunner::new(
-        profile_with(&rules),
+        profile_text(top, &rules),
         PYTHON,
         ["-c", CLIENT, &args.to_string()],
     )
@@ -570,19 +590,105 @@ fn rules_that_cannot_apply_are_clear_errors() {
         "{err}"
     );
 
-    let (code, err) = run(&[
-        "--rootless",
-        "--profile",
-        "rootless",
-        "--allow-net",
-        "a.test:443",
-        "--",
-        "/bin/true",
-    ]);
-    assert_eq!(code, Some(125), "{err}");
-    assert!(err.contains("not supported in rootless mode yet"), "{err}");
-
     let (code, err) = run(&["--detach", "--allow-net", "a.test:443", "--", "/bin/true"]);
     assert_eq!(code, Some(125), "{err}");
     assert!(err.contains("detached"), "{err}");
+}
+
+/// Rootless for real: `sandbox-run` as uid/gid 65534 (`nobody`, through `setpriv`), from a
+/// copy of the binary in a world-readable directory, with an `XDG_RUNTIME_DIR` of its own.
+/// The unprivileged host cannot enter the sandbox's namespaces with a thread; the proxies
+/// still serve inside, the refusal still reaches nobody, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_cli_allow_net_in_rootless_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::Builder::new()
+        .prefix("sandbox-egress-rootless-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("sandbox-run");
+    std::fs::copy(bin(), &exe).unwrap();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::os::unix::fs::chown(&xdg, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let http = server(LOCAL, Kind::Http).await;
+    let canary2 = server(Ipv4Addr::new(127, 0, 0, 2), Kind::Canary).await;
+    let script = format!(
+        "id -u; curl -sS --noproxy '' -x \"$HTTP_PROXY\" http://localhost:{p}/rootless; echo; \
+         curl -sS --noproxy '' -x \"$ALL_PROXY\" http://localhost:{p}/socks; echo; \
+         curl -sS -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" \
+           http://127.0.0.2:{c}/",
+        p = http.port(),
+        c = canary2.port()
+    );
+    let before = HostState::take();
+    let json = xdg.join("d.json");
+    let id = NOBODY.to_string();
+    let (exe2, xdg2, json2, cwd, port) = (
+        exe.clone(),
+        xdg.clone(),
+        json.clone(),
+        dir.path().to_path_buf(),
+        http.port(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+            .arg(exe2)
+            .args(["--profile", "rootless", "--allow-net"])
+            .arg(format!("localhost:{port}"))
+            .arg("--diagnose-json")
+            .arg(json2)
+            .args(["--", "/bin/sh", "-c", &script])
+            .current_dir(cwd)
+            .env("XDG_RUNTIME_DIR", xdg2)
+            .env_remove("SANDBOX_RUNNER_STATE_DIR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) must be installed")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "0",
+            "upstream saw GET /rootless HTTP/1.1",
+            "upstream saw GET /socks HTTP/1.1",
+            "403"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(http.accepts(), 2);
+    assert_eq!(canary2.accepts(), 0);
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        d["network"]["connections"][0]["target"],
+        format!("127.0.0.2:{}", canary2.port())
+    );
+    std::fs::remove_file(&json).unwrap();
+    before.assert_unchanged();
+    let mut left = Vec::new();
+    let mut stack = vec![xdg.clone()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -14,15 +14,15 @@
 //!    is not reused) enters the init's network namespace (`setns` on a pidfd, or on
 //!    `/proc/PID/ns/net` before Linux 5.8), brings `lo` up, binds every listener and exits;
 //!    the sockets stay in the namespace they were made in and are served from the host's
-//!    tokio runtime. No process of the sandbox's runs for this.
+//!    tokio runtime. No process of the sandbox's runs for this. In rootless mode the host
+//!    may not enter a network namespace owned by the sandbox's user namespace, and a
+//!    multi-threaded process cannot enter a user namespace: that thread clones a short-lived
+//!    child of the host instead (`child::netns`: `CLONE_VM | CLONE_VFORK | CLONE_FILES`),
+//!    which enters both namespaces as their owner, makes the same sockets straight into the
+//!    host's fd table and exits, still before the sandbox is let go.
 //! 4. The returned [`ShutdownHandle`] lives as long as the sandbox: the runner drops it when
 //!    it reaps the init (wait, kill, time limit, drop), which stops every server and relay;
 //!    [`SandboxEgress::join`] then waits for them to be gone.
-//!
-//! Rootless mode is not supported yet: an unprivileged host cannot `setns` into a network
-//! namespace owned by the sandbox's user namespace (the listeners would have to be made by
-//! the child before exec and passed back over `SCM_RIGHTS`), so rules are refused there with
-//! an error that says so, never ignored.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -147,6 +147,7 @@ pub struct SandboxEgress {
     resolver: Arc<dyn Resolver>,
     ports: Ports,
     private_root: bool,
+    rootless: bool,
     hostname: String,
     files_dir: PathBuf,
     live: Mutex<Live>,
@@ -168,7 +169,7 @@ impl SandboxEgress {
     /// The egress of a sandbox with `rules`, or `None` without rules (loopback only, as
     /// without egress). Errors say why the rules cannot apply to this sandbox: the host's
     /// network (`net = false`) would bypass them, a detached sandbox would outlive its
-    /// servers, rootless mode is not supported yet, or too many ports of names.
+    /// servers, or too many ports of names.
     pub fn new(rules: Rules, opts: Options) -> Result<Option<SandboxEgress>, String> {
         if rules.is_empty() {
             return Ok(None);
@@ -184,13 +185,6 @@ impl SandboxEgress {
             return Err(format!(
                 "{RULES} cannot apply to a detached sandbox: the proxies run in the host \
                  process and end with it"
-            ));
-        }
-        if opts.rootless {
-            return Err(format!(
-                "{RULES} are not supported in rootless mode yet: only a root runner can create \
-                 the proxies' listeners inside the sandbox's network namespace (run as root, \
-                 without `rootless = \"always\"` or --rootless)"
             ));
         }
         if opts.max_connections == Some(0) {
@@ -212,6 +206,7 @@ impl SandboxEgress {
             resolver: Arc::new(SystemResolver),
             ports,
             private_root: opts.private_root,
+            rootless: opts.rootless,
             hostname: opts.hostname,
             files_dir: opts.files_dir,
             live: Mutex::new(Live::default()),
@@ -324,7 +319,7 @@ impl SandboxEgress {
     /// the current tokio runtime. The returned handle stops every server and relay when
     /// dropped: keep it exactly as long as the sandbox.
     pub async fn start(&self, init_pid: i32) -> io::Result<ShutdownHandle> {
-        let listeners = bind_in_netns(init_pid, &self.ports).await?;
+        let listeners = bind_in_netns(init_pid, &self.ports, self.rootless).await?;
         Ok(self.serve(listeners))
     }
 
@@ -432,16 +427,23 @@ fn pidfd(pid: i32) -> Option<OwnedFd> {
 
 /// Binds every listener of `ports` inside the network namespace of `init_pid`, from a
 /// thread of its own that exits afterwards (a thread that changed its namespace is never
-/// handed back to anything else).
-pub async fn bind_in_netns(init_pid: i32, ports: &Ports) -> io::Result<Listeners> {
-    let pidfd = pidfd(init_pid);
+/// handed back to anything else). `rootless`: the sandbox has its own user namespace, which
+/// the host cannot enter with a thread; a short-lived child of this thread makes the
+/// sockets instead (`child::netns`).
+pub async fn bind_in_netns(init_pid: i32, ports: &Ports, rootless: bool) -> io::Result<Listeners> {
+    let pidfd = if rootless { None } else { pidfd(init_pid) };
     let ports = ports.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("egress-netns".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(enter_and_bind(init_pid, pidfd, &ports));
+            let res = if rootless {
+                make_in_userns(init_pid, &ports)
+            } else {
+                enter_and_bind(init_pid, pidfd, &ports)
+            };
+            let _ = tx.send(res);
         })?;
     let res = rx
         .await
@@ -490,6 +492,83 @@ fn enter_and_bind(pid: i32, pidfd: Option<OwnedFd>, ports: &Ports) -> io::Result
         .iter()
         .map(|p| tcp("mapped listener", (Ipv4Addr::UNSPECIFIED, *p).into()))
         .collect::<io::Result<Vec<_>>>()?;
+    Ok(Listeners {
+        http,
+        socks,
+        dns_udp,
+        dns_tcp,
+        mapped,
+    })
+}
+
+/// Rootless mode: the sockets of `ports`, made by a short-lived child that enters the user
+/// and network namespaces of the init (`child::netns::make_sockets`).
+fn make_in_userns(pid: i32, ports: &Ports) -> io::Result<Listeners> {
+    use crate::child::netns::{make_sockets, NsStep, SocketSpec};
+    use std::os::fd::AsRawFd;
+    let open = |kind: &str| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        std::fs::File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+    };
+    let (userns, netns) = (open("user")?, open("net")?);
+    let lo = Ipv4Addr::LOCALHOST;
+    let spec = |tcp: bool, ip: Ipv4Addr, port: u16| SocketSpec {
+        tcp,
+        addr: libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        },
+    };
+    let mut specs = vec![
+        spec(true, lo, ports.http),
+        spec(true, lo, ports.socks),
+        spec(false, lo, DNS_PORT),
+    ];
+    if ports.dns_tcp {
+        specs.push(spec(true, lo, DNS_PORT));
+    }
+    let first_mapped = specs.len();
+    specs.extend(
+        ports
+            .mapped
+            .iter()
+            .map(|p| spec(true, Ipv4Addr::UNSPECIFIED, *p)),
+    );
+    let fds =
+        make_sockets(userns.as_raw_fd(), netns.as_raw_fd(), &specs).map_err(|(step, errno)| {
+            let what = match step {
+                NsStep::UserNs => format!("setns into the user namespace of pid {pid}"),
+                NsStep::NetNs => format!("setns into the network namespace of pid {pid}"),
+                NsStep::Loopback => "bringing lo up in the sandbox".into(),
+                NsStep::Socket(i) => {
+                    let s = &specs[i];
+                    let ip = Ipv4Addr::from(u32::from_be(s.addr.sin_addr.s_addr));
+                    let kind = if s.tcp { "tcp" } else { "udp" };
+                    format!(
+                        "binding {kind} {ip}:{} in the sandbox's network namespace",
+                        u16::from_be(s.addr.sin_port)
+                    )
+                }
+                NsStep::Clone => "the child that makes the sockets".into(),
+            };
+            io::Error::new(
+                io::Error::from(errno).kind(),
+                format!("{what}: {}", errno.desc()),
+            )
+        })?;
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().expect("one fd per spec");
+    let http = TcpListener::from(next());
+    let socks = TcpListener::from(next());
+    let dns_udp = UdpSocket::from(next());
+    let dns_tcp = ports.dns_tcp.then(|| TcpListener::from(next()));
+    let mapped = (first_mapped..specs.len())
+        .map(|_| TcpListener::from(next()))
+        .collect();
     Ok(Listeners {
         http,
         socks,
@@ -591,15 +670,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("net = false") && e.contains("bypass"), "{e}");
-        let e = SandboxEgress::new(
-            r(),
-            Options {
-                rootless: true,
-                ..opts()
-            },
-        )
-        .unwrap_err();
-        assert!(e.contains("not supported in rootless mode yet"), "{e}");
         let e = SandboxEgress::new(
             r(),
             Options {
