@@ -407,3 +407,80 @@ pub(crate) fn staging_paths() -> (CString, CString, CString) {
     let old_root = CString::new(OLD_ROOT).expect("no NUL");
     (staging, staging_old, old_root)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::AbsPath;
+
+    fn ro_bind(src: &str) -> MountSpec {
+        MountSpec::RoBind {
+            src: AbsPath::new(src).unwrap(),
+            dst: None,
+            optional: false,
+            noexec: false,
+        }
+    }
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_generated_file_replaces_the_profiles_bind_or_is_added() {
+        let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+        let mut b = RootBuilder::new();
+        b.add(&ro_bind("/etc/hosts")).unwrap();
+        let before = b.ops.len();
+        b.bind_generated_file(Path::new("/st/net/hosts"), Path::new("/etc/hosts"), "gen")
+            .unwrap();
+        assert_eq!(
+            b.ops.len(),
+            before,
+            "the profile's bind is reused, not doubled"
+        );
+        let op = b
+            .ops
+            .iter()
+            .find(|o| o.dst == c("/etc/hosts") && matches!(o.kind, OpKind::Bind { .. }))
+            .unwrap();
+        assert_eq!(op.src, c("/oldroot/st/net/hosts"));
+        assert_eq!(op.kind, OpKind::Bind { attrs: ro });
+        assert_eq!(
+            b.labels[op.entry as usize],
+            "gen /st/net/hosts -> /etc/hosts"
+        );
+
+        b.bind_generated_file(
+            Path::new("/st/net/resolv.conf"),
+            Path::new("/etc/resolv.conf"),
+            "gen",
+        )
+        .unwrap();
+        let tail: Vec<(OpKind, CString)> = b.ops[before..]
+            .iter()
+            .map(|o| (o.kind, o.dst.clone()))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                (OpKind::Touch, c("/etc/resolv.conf")),
+                (OpKind::Bind { attrs: ro }, c("/etc/resolv.conf"))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_generated_file_inside_a_directory_bind_is_refused() {
+        let mut b = RootBuilder::new();
+        b.add(&ro_bind("/etc")).unwrap();
+        let e = b
+            .bind_generated_file(Path::new("/st/net/hosts"), Path::new("/etc/hosts"), "gen")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("binds the directory /etc as a whole"),
+            "{e}"
+        );
+    }
+}
