@@ -103,6 +103,12 @@ pub struct Profile {
     /// caller (`"auto"`: when the caller is not root; `"always"`; `"never"`).
     #[serde(default)]
     pub rootless: RootlessMode,
+    /// Run as root, whether the sandbox still gets a user namespace (the default): its ids
+    /// 0-65535 then map to a range of host ids allocated for it alone (never 0, never another
+    /// sandbox's), so the plugin is never host root. `false` opts out: the plugin's `[user]`
+    /// ids are host ids. Not root, the sandbox always has a user namespace (`rootless`).
+    #[serde(default = "yes")]
+    pub userns: bool,
 }
 
 /// When a sandbox runs in its own user namespace (rootless mode).
@@ -254,6 +260,7 @@ impl Default for Profile {
             limits: LimitsConfig::default(),
             user: UserConfig::default(),
             rootless: RootlessMode::default(),
+            userns: true,
         }
     }
 }
