@@ -35,6 +35,7 @@ pub mod egress;
 pub mod error;
 pub mod goplugin;
 pub mod handshake;
+pub mod idrange;
 pub mod landlock;
 mod mnt;
 pub mod plan;

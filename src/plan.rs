@@ -17,6 +17,34 @@ use crate::child::Step;
 use crate::error::Error;
 use crate::profile::{Profile, DEFAULT_PATH};
 
+/// How many ids a sandbox's user namespace maps when the runner is root: 0 to 65535 inside.
+pub const ID_RANGE_SIZE: u32 = 65_536;
+
+/// How a sandbox's uids and gids relate to the host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdMode {
+    /// No user namespace: the plugin's `[user]` ids are host ids (`userns = false`, root).
+    Host,
+    /// Rootless mode: root inside is the caller outside, the only id mapped.
+    Caller,
+    /// A root runner's default: ids 0-65535 inside map to a range of host ids allocated for
+    /// this sandbox alone (see [`crate::idrange`]).
+    Range,
+}
+
+impl IdMode {
+    /// A short description, for `check` and errors.
+    pub fn describe(self) -> &'static str {
+        match self {
+            IdMode::Host => "none: the plugin's ids are host ids (userns = false)",
+            IdMode::Caller => "rootless: root inside is the caller outside",
+            IdMode::Range => {
+                "a host uid/gid range of its own: root inside is an unprivileged host id"
+            }
+        }
+    }
+}
+
 impl Plan {
     /// Builds the plan for running `program` with `args` under `profile`. `host_env` reads
     /// the caller's environment (for `TERM` and the profile's pass-through list).
@@ -125,10 +153,26 @@ impl Plan {
         let envp_ptrs = null_terminated(&envp);
 
         let ns = profile.namespaces;
-        let userns = profile
-            .rootless
-            .enabled_for(nix::unistd::geteuid().as_raw());
-        if userns && (profile.user.uid != 0 || profile.user.gid != 0) {
+        let euid = nix::unistd::geteuid().as_raw();
+        let caller_map = profile.rootless.enabled_for(euid);
+        // Root: a user namespace over a range of host ids of the sandbox's own, unless the
+        // profile opts out (or asks for rootless mode's single mapping).
+        let id_range = euid == 0 && !caller_map && profile.userns;
+        let userns = caller_map || id_range;
+        if id_range && (profile.user.uid >= ID_RANGE_SIZE || profile.user.gid >= ID_RANGE_SIZE) {
+            return Err(Error::Profile(crate::error::ProfileError::Invalid {
+                origin: "profile [user]".into(),
+                message: format!(
+                    "the sandbox's user namespace maps ids 0-{} (to a host range of its own), \
+                     so uid {} / gid {} do not exist there: pick ids below {ID_RANGE_SIZE}, or \
+                     set `userns = false` to use host ids",
+                    ID_RANGE_SIZE - 1,
+                    profile.user.uid,
+                    profile.user.gid
+                ),
+            }));
+        }
+        if caller_map && (profile.user.uid != 0 || profile.user.gid != 0) {
             return Err(Error::Profile(crate::error::ProfileError::Invalid {
                 origin: "profile [user]".into(),
                 message: format!(
@@ -205,6 +249,7 @@ impl Plan {
                 uts: ns.uts,
             },
             userns,
+            id_range,
             new_session: profile.new_session,
             c: CStrings {
                 root: c"/".into(),
@@ -238,9 +283,19 @@ impl Plan {
         })
     }
 
-    /// Whether the sandbox runs in its own user namespace (rootless mode).
+    /// Whether the sandbox runs in its own user namespace (rootless mode, or a root runner's
+    /// range of host ids).
     pub fn rootless(&self) -> bool {
         self.userns
+    }
+
+    /// How the sandbox's ids relate to the host's.
+    pub fn ids(&self) -> IdMode {
+        match (self.userns, self.id_range) {
+            (false, _) => IdMode::Host,
+            (true, false) => IdMode::Caller,
+            (true, true) => IdMode::Range,
+        }
     }
 
     /// The resolved path of the program.

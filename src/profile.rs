@@ -107,6 +107,12 @@ pub struct Profile {
     /// and DNS stub the runner serves inside its network namespace (none: loopback only).
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Run as root, whether the sandbox still gets a user namespace (the default): its ids
+    /// 0-65535 then map to a range of host ids allocated for it alone (never 0, never another
+    /// sandbox's), so the plugin is never host root. `false` opts out: the plugin's `[user]`
+    /// ids are host ids. Not root, the sandbox always has a user namespace (`rootless`).
+    #[serde(default = "yes")]
+    pub userns: bool,
 }
 
 /// `[network]`: what the plugin may reach outside its sandbox (see [`crate::egress`]).
@@ -306,6 +312,7 @@ impl Default for Profile {
             user: UserConfig::default(),
             rootless: RootlessMode::default(),
             network: NetworkConfig::default(),
+            userns: true,
         }
     }
 }

@@ -20,8 +20,10 @@ fn profile(dir: &Path, name: &str, extra: &str) -> String {
 
 /// Capabilities kept in the seccomp probes, so that only the filter stands between the
 /// plugin and each call (every probe's arguments make the call fail harmlessly when it is
-/// let through).
-const PROBE_CAPS: &str = "keep_capabilities = [\"CAP_SYS_ADMIN\", \"CAP_SYS_PTRACE\", \
+/// let through). Host ids (`userns = false`): in a user namespace the capabilities would be
+/// the namespace's, and the kernel itself would refuse most calls with EPERM.
+const PROBE_CAPS: &str =
+    "userns = false\nkeep_capabilities = [\"CAP_SYS_ADMIN\", \"CAP_SYS_PTRACE\", \
     \"CAP_SYS_MODULE\", \"CAP_SYS_BOOT\", \"CAP_SYS_TIME\", \"CAP_SYS_RAWIO\", \
     \"CAP_SYS_PACCT\", \"CAP_DAC_READ_SEARCH\", \"CAP_SYSLOG\", \"CAP_BPF\", \
     \"CAP_PERFMON\"]\n[landlock]\nmode = \"off\"\n";
@@ -461,6 +463,12 @@ fn landlock_makes_a_writable_bind_read_only() {
     }
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("in"), "host data\n").unwrap();
+    // Root inside is an unprivileged host id: a shared directory must let it write.
+    std::fs::set_permissions(
+        data.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = data.path().to_str().unwrap();
     let mount = format!("[[mount]]\ntype = \"bind\"\nsrc = \"{src}\"\ndst = \"/data\"\n");

@@ -60,6 +60,12 @@ async fn hundred_mib_through_stdout_arrive_byte_exact() {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(&data).unwrap();
     f.flush().unwrap();
+    // Root inside is an unprivileged host id: the file must be readable by others.
+    std::fs::set_permissions(
+        f.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let before = HostState::take();
     let mut profile = Profile::builtin("default").unwrap();
     let src = sandbox_runner::profile::AbsPath::new(f.path().to_str().unwrap()).unwrap();

@@ -122,6 +122,8 @@ fn cli_binds_and_tmpfs_apply_in_order() {
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::write(dir.path().join("f"), "host-data\n").unwrap();
+    // Root inside is an unprivileged host id: a shared directory must let it write.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let d = dir.path().to_str().unwrap();
     let before = HostState::take();
     let o = run(&[

@@ -80,6 +80,25 @@ pub(crate) unsafe fn become_user(
     }
 }
 
+/// Sets every uid and gid, and the supplementary groups (none), to root of the current user
+/// namespace. Raw system calls: glibc's wrappers would signal the host's other threads.
+///
+/// # Safety
+/// Child-side only; async-signal-safe. The namespace's `setgroups` must be allowed.
+pub(crate) unsafe fn become_ns_root() -> Result<(), Errno> {
+    let ok = |r: libc::c_long| if r == -1 { Err(Errno::last()) } else { Ok(()) };
+    // SAFETY: plain integer arguments and a null list of length 0.
+    unsafe {
+        ok(libc::syscall(
+            libc::SYS_setgroups,
+            0usize,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        ok(libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32))?;
+        ok(libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32))
+    }
+}
+
 /// Drops every capability not in the bit mask `keep` from the bounding, ambient, effective,
 /// permitted and inheritable sets.
 ///

@@ -51,6 +51,9 @@ pub struct Plan {
     /// Rootless mode: the sandbox has its own user namespace, where root is the caller
     /// (the parent writes the single-line uid/gid maps before it lets the child go on).
     pub(crate) userns: bool,
+    /// The user namespace maps a range of host ids allocated for this sandbox (the runner is
+    /// root): the init sets all its ids, and its groups, to root inside once the maps exist.
+    pub(crate) id_range: bool,
     pub(crate) new_session: bool,
     pub(crate) c: CStrings,
     pub(crate) private_root: bool,

@@ -6,7 +6,7 @@ use nix::errno::Errno;
 use super::fds::{close_all_but, connect_stdio};
 use super::spawner::ChildCtx;
 use super::step::{check, fail, Step};
-use super::{init, mnt, net, uts};
+use super::{caps, init, mnt, net, uts};
 
 /// This process's parent pid as the host sees it (field 4 of the host's `/proc/self/stat`),
 /// or why it cannot be read (`EINVAL`: not in the expected form). Async-signal-safe: a stack
@@ -118,6 +118,15 @@ pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
             }
         }
         libc::close(fds.sync_r);
+        // A root runner's id range: the spawner cloned us with only its effective ids set to
+        // the range's first (so the user namespace, and every per-user count of ours, belongs
+        // to that id, not to host root). Now that the maps exist, leave host root's real and
+        // saved ids and its groups behind: root inside, that is the range's first id outside.
+        if plan.id_range {
+            if let Err(err) = caps::become_ns_root() {
+                fail(e, Step::Ids, err)
+            }
+        }
         if plan.new_session {
             if let Err(err) = check(libc::setsid()) {
                 fail(e, Step::Setsid, err)

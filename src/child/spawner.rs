@@ -163,7 +163,86 @@ struct Job {
     early_w: OwnedFd,
     /// Read end of the memory pipe (see [`spawn`]).
     vm_r: OwnedFd,
+    /// The host uid and gid that own the sandbox's user namespace (a root runner's id
+    /// range), taken by the spawner thread for the clone only.
+    owner: Option<(u32, u32)>,
+    /// See [`Request::keepalive`].
+    keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
     reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// How the spawner clones one sandbox (beyond its plan and fds).
+pub(crate) struct Request {
+    /// Where the init is born (`None`: the host attaches it by pid while it waits).
+    pub placement: Option<Placement>,
+    /// Let the child go right after the clone (nothing is left for the host to do first).
+    pub release: bool,
+    /// The host uid and gid that own the sandbox's user namespace (see `OwnerCreds`).
+    pub owner: Option<(u32, u32)>,
+    /// Something the spawner holds until it is done with the job (the clone made, the
+    /// thread back in its own cgroups, and, for a start cancelled meanwhile, the init killed
+    /// and reaped): the sandbox's cgroup, so that a cancelled start never removes it while
+    /// the spawner thread or the init is still inside.
+    pub keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// The spawner thread's own ids and groups, saved while it clones as a sandbox's owner.
+///
+/// A user namespace belongs to the effective uid of the task that creates it, and every
+/// per-user count of the processes inside (inotify instances and watches, queued signals,
+/// processes, user namespaces) is charged to that owner in the parent namespace as well.
+/// Cloned by host root, a sandbox would share root's counts; cloned with the effective ids
+/// of its own range, it is charged there. Ids are per thread in the kernel (the raw system
+/// calls of `rustix::thread`, which leave `errno` alone), so no other thread of the host is
+/// affected; the real and saved ids stay root's, which lets the thread return.
+struct OwnerCreds {
+    euid: rustix::process::Uid,
+    egid: rustix::process::Gid,
+    groups: Vec<rustix::process::Gid>,
+    dumpable: Option<rustix::process::DumpableBehavior>,
+}
+
+impl OwnerCreds {
+    /// Drops the supplementary groups and takes `uid`/`gid` as effective ids.
+    fn take(uid: u32, gid: u32) -> Result<OwnerCreds, Errno> {
+        let errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+        let saved = OwnerCreds {
+            euid: rustix::process::geteuid(),
+            egid: rustix::process::getegid(),
+            groups: rustix::process::getgroups().map_err(errno)?,
+            // A change of effective id makes the whole process non-dumpable: put it back.
+            dumpable: rustix::process::dumpable_behavior().ok(),
+        };
+        let res = rustix::thread::set_thread_groups(&[])
+            .and_then(|_| {
+                let g = rustix::process::Gid::from_raw(gid);
+                rustix::thread::set_thread_res_gid(None, g, None)
+            })
+            .and_then(|_| {
+                let u = rustix::process::Uid::from_raw(uid);
+                rustix::thread::set_thread_res_uid(None, u, None)
+            });
+        match res {
+            Ok(()) => Ok(saved),
+            Err(e) => {
+                let _ = saved.restore();
+                Err(errno(e))
+            }
+        }
+    }
+
+    /// Returns to the saved ids and groups. Plain system calls that leave `errno` alone, so
+    /// safe while a child runs on this thread's thread-local storage.
+    fn restore(&self) -> Result<(), Errno> {
+        let errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+        rustix::thread::set_thread_res_uid(None, self.euid, None).map_err(errno)?;
+        rustix::thread::set_thread_res_gid(None, self.egid, None).map_err(errno)?;
+        rustix::thread::set_thread_groups(&self.groups).map_err(errno)?;
+        if let Some(d) = self.dumpable {
+            rustix::process::set_dumpable_behavior(d).map_err(errno)?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs one job on the spawner thread.
@@ -176,6 +255,8 @@ fn run_job(job: Job) {
         mut child_side,
         early_w,
         vm_r,
+        owner,
+        keepalive,
         reply,
     } = job;
     let stacks = match Stacks::new() {
@@ -193,20 +274,38 @@ fn run_job(job: Job) {
         fds,
     };
     let mut moved_back = Ok(());
-    let res = match placement.as_ref() {
+    let mut restored = Ok(());
+    // Clones as the sandbox's owner, when it has one, and takes the thread's own ids back
+    // right after (the children run on their own credentials from the clone on).
+    let mut clone = |cgroup: Option<RawFd>| -> Result<Spawned, SpawnError> {
+        let creds = match owner {
+            Some((uid, gid)) => Some(OwnerCreds::take(uid, gid).map_err(SpawnError::Clone)?),
+            None => None,
+        };
         // SAFETY: ctx, plan and stacks live until the memory pipe's end of file below.
-        None => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
-        Some(Placement::IntoCgroup(fd)) => {
-            // SAFETY: as above.
-            unsafe { clone_init(&ctx, &stacks, Some(fd.as_raw_fd())) }.map_err(SpawnError::Clone)
+        let res = unsafe { clone_init(&ctx, &stacks, cgroup) }.map_err(SpawnError::Clone);
+        if let Some(c) = creds {
+            restored = c.restore().map_err(SpawnError::Clone);
         }
+        res
+    };
+    let res = match placement.as_ref() {
+        None => clone(None),
+        Some(Placement::IntoCgroup(fd)) => clone(Some(fd.as_raw_fd())),
         Some(Placement::MoveThread(mv)) => match move_thread(&mv.into) {
             Err(e) => {
                 moved_back = move_thread(&mv.back);
                 Err(e)
             }
-            // SAFETY: as above. The thread moves back once the children are off its memory.
-            Ok(()) => unsafe { clone_init(&ctx, &stacks, None) }.map_err(SpawnError::Clone),
+            Ok(()) => {
+                let res = clone(None);
+                // Back at once: the child was born in the sandbox's cgroups, and this thread
+                // must not stay in them (a cancelled start removes them meanwhile, freezing
+                // and killing what they hold). `move_thread` writes with rustix's raw system
+                // calls, which leave the `errno` the children share with this thread alone.
+                moved_back = move_thread(&mv.back);
+                res
+            }
         },
     };
     // From here until the memory pipe's end of file, the init (and then the plugin) run in
@@ -235,12 +334,7 @@ fn run_job(job: Job) {
     drop(stacks);
     let _ = ctx;
     drop(plan);
-    if let Some(Placement::MoveThread(mv)) = placement.as_ref() {
-        if res.is_ok() {
-            moved_back = move_thread(&mv.back);
-        }
-    }
-    let res = match (res, moved_back) {
+    let res = match (res, moved_back.and(restored)) {
         (Ok(spawned), Err(e)) => {
             // This thread stays in the sandbox's cgroup (the next clone moves it on); do not
             // leave a sandbox that was set up in an unknown state.
@@ -250,8 +344,17 @@ fn run_job(job: Job) {
         (res, _) => res,
     };
     drop(placement);
-    // Cancelled meanwhile: the unsent Reply drops here, killing and reaping the init.
-    let _ = reply.send(Reply(Some(res)));
+    if !reply.is_closed() {
+        // Let go of the keepalive before the answer, so the host holds the only reference
+        // once it has the answer.
+        drop(keepalive);
+        let _ = reply.send(Reply(Some(res)));
+    } else {
+        // Cancelled meanwhile: the unsent Reply drops here, killing and reaping the init,
+        // and only then the keepalive (the host's cgroup, removed when this is the last).
+        drop(Reply(Some(res)));
+        drop(keepalive);
+    }
 }
 
 /// Clones every sandbox from one dedicated thread that lives as long as the process.
@@ -320,10 +423,15 @@ pub(crate) async fn spawn(
     plan: Arc<Plan>,
     fds: ChildFds,
     child_side: Vec<OwnedFd>,
-    placement: Option<Placement>,
-    release: bool,
     vm_r: OwnedFd,
+    req: Request,
 ) -> Result<Pending, SpawnError> {
+    let Request {
+        placement,
+        release,
+        owner,
+        keepalive,
+    } = req;
     let io = |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
     let (early_r, early_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| SpawnError::Clone(Errno::from_raw(e.raw_os_error())))?;
@@ -340,6 +448,8 @@ pub(crate) async fn spawn(
             child_side,
             early_w,
             vm_r,
+            owner,
+            keepalive,
             reply,
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;

@@ -61,10 +61,13 @@ pub enum Step {
     Seccomp = 25,
     /// `execveat` of `sandbox-init`, the sandbox's PID 1, from its sealed memfd.
     InitExec = 26,
+    /// Becoming root of the sandbox's user namespace (groups, gids, uids), once the host has
+    /// written the maps of its id range.
+    Ids = 27,
 }
 
 impl Step {
-    const ALL: [Step; 26] = [
+    const ALL: [Step; 27] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -91,6 +94,7 @@ impl Step {
         Step::Rlimits,
         Step::Seccomp,
         Step::InitExec,
+        Step::Ids,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -127,6 +131,7 @@ impl Step {
             Step::Rlimits => "set resource limits",
             Step::Seccomp => "install the seccomp filter",
             Step::InitExec => "execute sandbox-init",
+            Step::Ids => "become root of the user namespace",
         }
     }
 }

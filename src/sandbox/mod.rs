@@ -76,6 +76,8 @@ pub struct SandboxRunner {
     reaped: Option<crate::reaper::Registration>,
     /// The egress allow-list's proxies and DNS stub, when the profile has rules.
     egress: Option<crate::egress::wire::SandboxEgress>,
+    /// The block of host ids of a root runner's sandbox, released after everything else.
+    ids: Option<crate::idrange::IdRange>,
 }
 
 impl SandboxRunner {
@@ -89,8 +91,10 @@ impl SandboxRunner {
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let id = new_id();
-        // The socket directory: the host's own PLUGIN_UNIX_SOCKET_DIR when it set one (it owns
-        // and cleans it), else a fresh one in this sandbox's state directory.
+        // The socket directory: a directory of this sandbox's own in the host's
+        // PLUGIN_UNIX_SOCKET_DIR when it set one (the host owns and cleans that; plugins never
+        // share it, so none can swap another's sockets), else a fresh one in this sandbox's
+        // state directory.
         let socket_host = if profile.sockets.enabled {
             if !profile.private_root || !profile.namespaces.mount {
                 return Err(Error::InvalidCommand(
@@ -100,7 +104,7 @@ impl SandboxRunner {
             }
             Some(
                 match std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").filter(|v| !v.is_empty()) {
-                    Some(d) => (std::path::PathBuf::from(d), true),
+                    Some(d) => (host_socket_dir(std::path::Path::new(&d))?.join(&id), true),
                     None => (crate::state::dir_of(&id).join("sock"), false),
                 },
             )
@@ -168,6 +172,7 @@ impl SandboxRunner {
             socket_host,
             sockets: None,
             reaped: None,
+            ids: None,
             cgroup_paths: Vec::new(),
             relays: Mutex::new(Vec::new()),
             stdin_relay: None,
@@ -310,6 +315,23 @@ impl SandboxRunner {
         }
     }
 
+    /// The plugin's uid and gid on the host when it is not host root's (a root runner's id
+    /// block, or rootless mode's caller); `None` for host ids.
+    fn plugin_host_ids(&self) -> Option<(u32, u32)> {
+        let user = self.profile.user;
+        match self.plan.ids() {
+            crate::plan::IdMode::Host => None,
+            crate::plan::IdMode::Caller => Some((
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )),
+            crate::plan::IdMode::Range => {
+                let base = self.ids.as_ref().map_or(0, |r| r.base());
+                Some((base + user.uid, base + user.gid))
+            }
+        }
+    }
+
     /// Creates (or, for a host-owned directory, opens) the socket directory and its
     /// host-only directory of verified links.
     fn open_sockets(
@@ -323,22 +345,20 @@ impl SandboxRunner {
             source: std::io::Error::other(e.to_string()),
         };
         let mut sd = if host_owned {
+            // This sandbox's own directory in the host's (removed with the sandbox).
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(host_dir)
+                .map_err(|e| Error::host(format!("creating {}", host_dir.display()), e))?;
             // Links must live on the same file system as the sockets (hard links), and
-            // outside anything the plugin can write: a private sibling of the host's dir.
-            let name = host_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
+            // outside anything the plugin can write: a private sibling of its directory.
             let parent = host_dir.parent().unwrap_or(std::path::Path::new("/"));
-            let links = parent.join(format!(
-                ".{}.links-{}",
-                name.unwrap_or_else(|| "sock".into()),
-                self.id
-            ));
+            let links = parent.join(format!(".links-{}", self.id));
             std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
                 .create(&links)
                 .map_err(|e| Error::host(format!("creating {}", links.display()), e))?;
             SocketDir::open_existing(host_dir, &links).map_err(|e| {
                 let _ = std::fs::remove_dir(&links);
+                let _ = std::fs::remove_dir(host_dir);
                 bad(e)
             })?
         } else {
@@ -348,9 +368,12 @@ impl SandboxRunner {
             sd.set_cleanup_on_drop(false);
         }
         let user = self.profile.user;
-        if !host_owned && (user.uid != 0 || user.gid != 0) {
+        // The plugin's host ids: shifted into its id block when it has one.
+        let base = self.ids.as_ref().map_or(0, |r| r.base());
+        if base != 0 || user.uid != 0 || user.gid != 0 {
             // A non-root plugin must be able to create its socket there.
-            std::os::unix::fs::chown(sd.host_dir(), Some(user.uid), Some(user.gid))
+            let (uid, gid) = (base + user.uid, base + user.gid);
+            std::os::unix::fs::chown(sd.host_dir(), Some(uid), Some(gid))
                 .map_err(|e| Error::host(format!("chown {}", sd.host_dir().display()), e))?;
         }
         Ok(sd.with_host_network(!self.profile.namespaces.net))
@@ -396,13 +419,16 @@ impl Drop for SandboxRunner {
             let links = sd.links_dir().to_path_buf();
             let host_owned = matches!(self.socket_host, Some((_, true)));
             let detached = self.plan.detach;
+            let own = sd.host_dir().to_path_buf();
             drop(sd);
             if host_owned && !detached {
                 let _ = std::fs::remove_dir_all(links);
+                let _ = std::fs::remove_dir_all(own);
             }
         }
-        // Cleaned up: the reaper can forget it.
+        // Cleaned up: the reaper can forget it, and its id block is free again.
         drop(self.reaped.take());
+        drop(self.ids.take());
     }
 }
 
@@ -494,6 +520,25 @@ impl Runner for SandboxRunner {
 
     fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// Checks the host's `PLUGIN_UNIX_SOCKET_DIR`: an absolute path to an existing directory.
+fn host_socket_dir(d: &std::path::Path) -> Result<&std::path::Path, Error> {
+    let bad = |why: String| {
+        Error::InvalidCommand(format!("PLUGIN_UNIX_SOCKET_DIR={}: {why}", d.display()))
+    };
+    if !d.is_absolute() {
+        return Err(bad(
+            "a relative path; the host must give an absolute directory (it would name a \
+             directory of whatever the current directory is)"
+                .into(),
+        ));
+    }
+    match std::fs::metadata(d) {
+        Ok(m) if m.is_dir() => Ok(d),
+        Ok(_) => Err(bad("not a directory".into())),
+        Err(e) => Err(bad(format!("cannot be used: {e}"))),
     }
 }
 

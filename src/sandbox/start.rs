@@ -38,12 +38,28 @@ impl SandboxRunner {
         // A detached sandbox keeps its state (and the plugin's exit status) in a directory
         // of its own, so a process that reattaches later can read it; removed on failure.
         let mut state_guard = DirGuard(None);
+        // Run as root, the sandbox's ids map to a block of host ids of its own.
+        if self.plan.ids() == crate::plan::IdMode::Range {
+            self.ids = Some(crate::idrange::IdRange::allocate(&self.id)?);
+        }
         // No scan for what crashed hosts left behind: each host's reaper removes it within
         // milliseconds of the host's death, and `sandbox-run check --cleanup` reclaims what a
         // killed reaper left. A scan here would cost every start O(sandboxes alive).
         if self.plan.detach || self.socket_host.is_some() || self.egress.is_some() {
             let gid = self.socket_group()?;
-            state_guard.0 = Some(crate::state::create_dir(&self.id, gid)?);
+            let dir = crate::state::create_dir(&self.id, gid)?;
+            if self.ids.is_some() {
+                // The init, unprivileged on the host, binds the socket directory from here:
+                // it may pass through (not list, not read).
+                // So may it through the state root (0711 as `create_dir` makes it, unless
+                // another part of the runner made it first).
+                use std::os::unix::fs::PermissionsExt;
+                for d in [dir.parent().unwrap_or(&dir), &dir] {
+                    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+                        .map_err(|e| Error::host(format!("chmod 711 {}", d.display()), e))?;
+                }
+            }
+            state_guard.0 = Some(dir);
             if let Some((host_dir, host_owned)) = &self.socket_host {
                 self.sockets = Some(self.open_sockets(host_dir, *host_owned, gid)?);
             }
@@ -68,7 +84,14 @@ impl SandboxRunner {
             err,
             relays,
             stdin_relay,
-        } = stdio::wire(&self.stdin, &self.stdout, &self.stderr, &mut child_side)?;
+        } = stdio::wire(
+            &self.stdin,
+            &self.stdout,
+            &self.stderr,
+            &mut child_side,
+            self.plugin_host_ids(),
+            self.plan.detach,
+        )?;
         let init_exe = crate::child::exe::init_exe().map_err(|e| {
             Error::host(
                 "sandbox-init: sealed memfd (memfd_create, write, seals)",
@@ -147,18 +170,24 @@ impl SandboxRunner {
             let cgroups = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
             let cgroups: Vec<&std::path::Path> = cgroups.iter().map(|p| p.as_path()).collect();
             let record = cgroup.as_ref().and_then(|c| c.record_path());
+            let claim = self.ids.as_ref().map(|r| r.claim_path().to_path_buf());
             let mut trees: Vec<&std::path::Path> =
                 state_guard.0.iter().map(|d| d.as_path()).collect();
             let links = match (&self.sockets, &self.socket_host) {
-                (Some(sd), Some((_, true))) => Some(sd.links_dir().to_path_buf()),
-                _ => None,
+                (Some(sd), Some((_, true))) => {
+                    vec![sd.links_dir().to_path_buf(), sd.host_dir().to_path_buf()]
+                }
+                _ => Vec::new(),
             };
-            trees.extend(links.as_deref());
+            trees.extend(links.iter().map(|p| p.as_path()));
             self.reaped = Some(crate::reaper::register(
                 &self.id,
                 &cgroups,
                 &trees,
-                &record.into_iter().collect::<Vec<_>>(),
+                &record
+                    .into_iter()
+                    .chain(claim.as_deref())
+                    .collect::<Vec<_>>(),
             ));
         }
         // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
@@ -167,6 +196,13 @@ impl SandboxRunner {
             Some(cg) => cg.placement()?,
             None => None,
         };
+        // The spawner clones as the owner of the id block (not root), which may not write
+        // the cgroup's `cgroup.procs`: then the init is attached by pid while it waits.
+        let placement = match placement {
+            Some(crate::child::spawner::Placement::IntoCgroup(_)) if self.ids.is_some() => None,
+            p => p,
+        };
+        let owner = self.ids.as_ref().map(|r| (r.base(), r.base()));
         let placed_by_clone = placement.is_some();
         drop(cgroup_span);
         // Nothing left to do between the clone and the child's first step (placed at birth,
@@ -175,18 +211,34 @@ impl SandboxRunner {
             && !self.plan.rootless()
             && !self.plan.detach
             && self.egress.is_none();
+        let has_cgroup = cgroup.is_some();
+        // Shared with the spawner until it is done with the clone: should this start be
+        // cancelled or fail meanwhile, the cgroup is removed only after the spawner thread
+        // left it and the init was killed and reaped (the last holder removes it).
+        let cgroup = Arc::new(Mutex::new(cgroup));
+        let keepalive = has_cgroup.then(|| cgroup.clone() as Arc<dyn std::any::Any + Send + Sync>);
         let clone_span = tracing::info_span!("clone");
-        let pending = spawn::spawn(self.plan.clone(), fds, child_side, placement, release, vm_r)
-            .instrument(clone_span.clone())
-            .await
-            .map_err(spawn_error)?;
+        let pending = spawn::spawn(
+            self.plan.clone(),
+            fds,
+            child_side,
+            vm_r,
+            spawn::Request {
+                placement,
+                release,
+                owner,
+                keepalive,
+            },
+        )
+        .instrument(clone_span.clone())
+        .await
+        .map_err(spawn_error)?;
         let clone_steps = clone_span.enter();
         let pid = pending.pid;
         // The init exists and, unless released, waits on the sync pipe. Until `finish`, an
         // error here drops `pending` and the sync pipe: the init gives up, and the spawner
         // kills and reaps it.
-        let mut cgroup = cgroup;
-        if let Some(cg) = &cgroup {
+        if let Some(cg) = cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
             // sync pipe, before it forks the plugin or runs anything of the profile's.
             if !placed_by_clone {
@@ -194,16 +246,20 @@ impl SandboxRunner {
             }
         }
         if self.plan.detach {
-            if let Some(cg) = cgroup.take() {
+            let taken = cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(cg) = taken {
                 self.cgroup_paths = cg.hand_over(pid)?;
             }
         }
         if self.plan.rootless() {
             // The child waits on the sync pipe: map root inside to the caller before it
             // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
-            write_id_maps(pid)?;
+            write_id_maps(pid, self.ids.as_ref().map(|r| r.base()))?;
         }
         if self.plan.detach {
+            if let Some(ids) = self.ids.as_mut() {
+                ids.hand_over(pid)?;
+            }
             self.write_state(pid)?;
         }
         // The egress listeners, made in the init's network namespace while it waits; served
@@ -240,6 +296,8 @@ impl SandboxRunner {
             counters: Mutex::new(None),
             egress: Mutex::new(egress_stop),
         };
+        // The spawner is done with the job: the cgroup is ours alone again.
+        let cgroup = cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(cg) = cgroup {
             if !running.detached {
                 *running.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(cg.watch());
@@ -342,18 +400,32 @@ fn status_file(path: &std::path::Path) -> Result<(OwnedFd, OwnedFd), Error> {
 
 /// Rootless mode: the single-line uid and gid maps of the sandbox's user namespace (root
 /// inside = the caller's effective uid/gid outside), `setgroups` denied first as the kernel
-/// requires of an unprivileged writer of `gid_map`.
-fn write_id_maps(pid: i32) -> Result<(), Error> {
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    for (file, text) in [
-        ("setgroups", "deny".to_string()),
-        ("uid_map", format!("0 {uid} 1\n")),
-        ("gid_map", format!("0 {gid} 1\n")),
-    ] {
+/// requires of an unprivileged writer of `gid_map`. With a root runner's id block at `base`:
+/// ids 0-65535 inside are `base..base + 65536` outside, and `setgroups` stays allowed (the
+/// init drops its groups itself).
+fn write_id_maps(pid: i32, base: Option<u32>) -> Result<(), Error> {
+    let maps = match base {
+        Some(base) => {
+            let n = crate::plan::ID_RANGE_SIZE;
+            vec![
+                ("uid_map", format!("0 {base} {n}\n")),
+                ("gid_map", format!("0 {base} {n}\n")),
+            ]
+        }
+        None => {
+            let uid = nix::unistd::geteuid().as_raw();
+            let gid = nix::unistd::getegid().as_raw();
+            vec![
+                ("setgroups", "deny".to_string()),
+                ("uid_map", format!("0 {uid} 1\n")),
+                ("gid_map", format!("0 {gid} 1\n")),
+            ]
+        }
+    };
+    for (file, text) in maps {
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, text.as_bytes())
-            .map_err(|e| Error::host(format!("rootless mode: writing {text:?} to {path}"), e))?;
+            .map_err(|e| Error::host(format!("user namespace: writing {text:?} to {path}"), e))?;
     }
     Ok(())
 }

@@ -35,28 +35,55 @@ pub(super) fn wire(
     stdout: &Stdio,
     stderr: &Stdio,
     child_side: &mut Vec<OwnedFd>,
+    owner: Option<(u32, u32)>,
+    detached: bool,
 ) -> Result<Wired, Error> {
     let mut stdin_fd = -1;
     let mut input: Option<PipeWriter> = None;
     let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut stdin_relay: Option<tokio::task::JoinHandle<()>> = None;
+    // Pipes the plugin gets belong to its host ids, so that it can reopen them by path
+    // (`/dev/stdout`), as it could if it were the pipe's creator.
+    let pipe = || -> Result<(OwnedFd, OwnedFd), Error> {
+        let (r, w) = pipe()?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&r, Some(uid), Some(gid))
+                .map_err(|e| Error::host("chown of a stdio pipe", e))?;
+        }
+        Ok((r, w))
+    };
+    // A regular file is relayed through a pipe: handed over as is, the plugin could reopen
+    // it through /proc/self/fd/0 with more rights (write it, or read an output back).
+    let mut relay_in = |src: OwnedFd| -> Result<RawFd, Error> {
+        let (r, w) = pipe()?;
+        let src = std::fs::File::from(src);
+        let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+            .map_err(|e| Error::host("stdin relay pipe", e))?;
+        stdin_relay = Some(tokio::spawn(async move {
+            let mut src = tokio::fs::File::from_std(src);
+            let _ = tokio::io::copy(&mut src, &mut tx).await;
+        }));
+        Ok(keep(child_side, r))
+    };
+    // A detached sandbox outlives this process and its relays: the files the runner opens
+    // for it are handed over as they are, given to the plugin's host ids.
+    let give = |f: OwnedFd| -> Result<OwnedFd, Error> {
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| Error::host("chown of a detached sandbox's stdio file", e))?;
+        }
+        Ok(f)
+    };
     match stdin {
-        Stdio::File(p) => stdin_fd = keep(child_side, open_file(p, libc::O_RDONLY)?),
+        // A file the runner opens: relayed when the plugin is not host root (a root-owned
+        // file could not be reopened by path).
+        Stdio::File(p) if owner.is_some() && !detached => {
+            stdin_fd = relay_in(open_file(p, libc::O_RDONLY)?)?;
+        }
+        Stdio::File(p) => stdin_fd = keep(child_side, give(open_file(p, libc::O_RDONLY)?)?),
         Stdio::Inherit => match fd_kind(0) {
             Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("stdin", 0)),
-            // A regular file is relayed through a pipe: handed over as is, the plugin
-            // could reopen it through /proc/self/fd/0 for writing.
-            Ok(FdKind::File) => {
-                let (r, w) = pipe()?;
-                stdin_fd = keep(child_side, r);
-                let src = std::fs::File::from(dup_above2(0)?);
-                let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                    .map_err(|e| Error::host("stdin relay pipe", e))?;
-                stdin_relay = Some(tokio::spawn(async move {
-                    let mut src = tokio::fs::File::from_std(src);
-                    let _ = tokio::io::copy(&mut src, &mut tx).await;
-                }));
-            }
+            Ok(FdKind::File) => stdin_fd = relay_in(dup_above2(0)?)?,
             _ => {}
         },
         Stdio::Null => stdin_fd = keep(child_side, dev_null(libc::O_RDONLY)?),
@@ -70,31 +97,37 @@ pub(super) fn wire(
         }
     }
     let mut output = |s: Stdio, fd: RawFd| -> Result<(RawFd, Option<PipeReader>), Error> {
+        // Relayed through a pipe, so the plugin cannot reopen the file through
+        // /proc/self/fd with more rights (read it back, truncate it).
+        let mut relay_out = |dst: OwnedFd| -> Result<RawFd, Error> {
+            let (r, w) = pipe()?;
+            let dst = std::fs::File::from(dst);
+            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                .map_err(|e| Error::host("output relay pipe", e))?;
+            relays.push(tokio::spawn(async move {
+                let mut dst = tokio::fs::File::from_std(dst);
+                let _ = tokio::io::copy(&mut rx, &mut dst).await;
+                let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
+            }));
+            Ok(keep(child_side, w))
+        };
         Ok(match s {
             Stdio::Inherit => match fd_kind(fd) {
                 Ok(FdKind::Dir) | Ok(FdKind::Path) => {
                     return Err(refuse_fd(if fd == 1 { "stdout" } else { "stderr" }, fd))
                 }
-                // Relayed through a pipe, so the plugin cannot reopen the caller's file
-                // through /proc/self/fd with more rights (read it back, truncate it).
-                Ok(FdKind::File) => {
-                    let (r, w) = pipe()?;
-                    let dst = std::fs::File::from(dup_above2(fd)?);
-                    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
-                        .map_err(|e| Error::host("output relay pipe", e))?;
-                    relays.push(tokio::spawn(async move {
-                        let mut dst = tokio::fs::File::from_std(dst);
-                        let _ = tokio::io::copy(&mut rx, &mut dst).await;
-                        let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
-                    }));
-                    (keep(child_side, w), None)
-                }
+                Ok(FdKind::File) => (relay_out(dup_above2(fd)?)?, None),
                 _ => (keep(child_side, dup_above2(fd)?), None),
             },
             Stdio::Null => (keep(child_side, dev_null(libc::O_WRONLY)?), None),
             Stdio::File(p) => {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
-                (keep(child_side, open_file(&p, flags)?), None)
+                let f = open_file(&p, flags)?;
+                if owner.is_some() && !detached {
+                    (relay_out(f)?, None)
+                } else {
+                    (keep(child_side, give(f)?), None)
+                }
             }
             Stdio::Pipe => {
                 let (r, w) = pipe()?;
