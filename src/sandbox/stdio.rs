@@ -1,6 +1,7 @@
 //! The plugin's standard streams: what the child gets on fds 0, 1 and 2 for each [`Stdio`],
-//! the host's ends (pipes handed to the caller, relays into the caller's files), and the fd
-//! helpers of a start (every fd moved above 2, `CLOEXEC`).
+//! the host's ends (pipes handed to the caller; for [`Stdio::Inherit`], the stand-ins and
+//! relays of `crate::stdio`), and the fd helpers of a start (every fd moved above 2,
+//! `CLOEXEC`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -10,7 +11,7 @@ use crate::runner::{PipeReader, PipeWriter};
 
 /// What [`wire`] made: the fd numbers for the child, and the host's ends.
 pub(super) struct Wired {
-    /// The fd the child puts on 0, or -1 to keep the caller's.
+    /// The fd the child puts on 0.
     pub stdin_fd: RawFd,
     /// The fd the child puts on 1.
     pub stdout_fd: RawFd,
@@ -22,10 +23,8 @@ pub(super) struct Wired {
     pub out: Option<PipeReader>,
     /// The read end of a [`Stdio::Pipe`] stderr.
     pub err: Option<PipeReader>,
-    /// Tasks copying the plugin's output into the caller's regular files.
-    pub relays: Vec<tokio::task::JoinHandle<()>>,
-    /// The task feeding a regular file to the plugin's stdin.
-    pub stdin_relay: Option<tokio::task::JoinHandle<()>>,
+    /// The stand-ins for the caller's own streams and their relays, to start with the plugin.
+    pub caller: crate::stdio::Caller,
 }
 
 /// Opens the child's side of each stream (owned by `child_side` until the clone) and the
@@ -36,29 +35,15 @@ pub(super) fn wire(
     stderr: &Stdio,
     child_side: &mut Vec<OwnedFd>,
 ) -> Result<Wired, Error> {
-    let mut stdin_fd = -1;
+    let stdin_fd;
     let mut input: Option<PipeWriter> = None;
-    let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let mut stdin_relay: Option<tokio::task::JoinHandle<()>> = None;
+    // The caller's own streams are never handed over: relayed pipes or a proxied
+    // pseudo-terminal stand in for them (src/stdio).
+    let inherit = [stdin, stdout, stderr].map(|s| *s == Stdio::Inherit);
+    let mut caller = crate::stdio::Caller::new(inherit)?;
     match stdin {
         Stdio::File(p) => stdin_fd = keep(child_side, open_file(p, libc::O_RDONLY)?),
-        Stdio::Inherit => match fd_kind(0) {
-            Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("stdin", 0)),
-            // A regular file is relayed through a pipe: handed over as is, the plugin
-            // could reopen it through /proc/self/fd/0 for writing.
-            Ok(FdKind::File) => {
-                let (r, w) = pipe()?;
-                stdin_fd = keep(child_side, r);
-                let src = std::fs::File::from(dup_above2(0)?);
-                let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-                    .map_err(|e| Error::host("stdin relay pipe", e))?;
-                stdin_relay = Some(tokio::spawn(async move {
-                    let mut src = tokio::fs::File::from_std(src);
-                    let _ = tokio::io::copy(&mut src, &mut tx).await;
-                }));
-            }
-            _ => {}
-        },
+        Stdio::Inherit => stdin_fd = keep(child_side, caller.child_fd(0)?),
         Stdio::Null => stdin_fd = keep(child_side, dev_null(libc::O_RDONLY)?),
         Stdio::Pipe => {
             let (r, w) = pipe()?;
@@ -71,26 +56,7 @@ pub(super) fn wire(
     }
     let mut output = |s: Stdio, fd: RawFd| -> Result<(RawFd, Option<PipeReader>), Error> {
         Ok(match s {
-            Stdio::Inherit => match fd_kind(fd) {
-                Ok(FdKind::Dir) | Ok(FdKind::Path) => {
-                    return Err(refuse_fd(if fd == 1 { "stdout" } else { "stderr" }, fd))
-                }
-                // Relayed through a pipe, so the plugin cannot reopen the caller's file
-                // through /proc/self/fd with more rights (read it back, truncate it).
-                Ok(FdKind::File) => {
-                    let (r, w) = pipe()?;
-                    let dst = std::fs::File::from(dup_above2(fd)?);
-                    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
-                        .map_err(|e| Error::host("output relay pipe", e))?;
-                    relays.push(tokio::spawn(async move {
-                        let mut dst = tokio::fs::File::from_std(dst);
-                        let _ = tokio::io::copy(&mut rx, &mut dst).await;
-                        let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
-                    }));
-                    (keep(child_side, w), None)
-                }
-                _ => (keep(child_side, dup_above2(fd)?), None),
-            },
+            Stdio::Inherit => (keep(child_side, caller.child_fd(fd as usize)?), None),
             Stdio::Null => (keep(child_side, dev_null(libc::O_WRONLY)?), None),
             Stdio::File(p) => {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
@@ -113,8 +79,7 @@ pub(super) fn wire(
         input,
         out,
         err,
-        relays,
-        stdin_relay,
+        caller,
     })
 }
 
@@ -156,11 +121,12 @@ pub(super) fn dev_null(flags: libc::c_int) -> Result<OwnedFd, Error> {
     above2(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// What kind of open file one of the caller's fds is, to decide how to hand it over.
+/// What kind of open file one of the caller's `pass_fds` is (its stdio is decided in
+/// `crate::stdio`).
 pub(super) enum FdKind {
     /// A pipe, socket, terminal or other character device: handed over as is.
     Stream,
-    /// A regular file or block device: relayed through a pipe.
+    /// A regular file or block device: handed over as is.
     File,
     /// A directory: refused (a way out of the private root through /proc/self/fd).
     Dir,
