@@ -36,6 +36,10 @@ use relay::Ours;
 /// Names of the three streams, for messages and thread names.
 const NAMES: [&str; 3] = ["stdin", "stdout", "stderr"];
 
+/// The capacity of the plugin's stdout and stderr pipes when relayed (the stdin pipe keeps
+/// the default 64 KiB: what it holds is read ahead of the caller's stdin).
+const OUTPUT_PIPE_SIZE: usize = 1 << 20;
+
 /// What one of the caller's fds is, as far as handing it over goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -180,6 +184,10 @@ impl Caller {
                         });
                         r
                     } else {
+                        // Room for 1 MiB of the plugin's output while the relay thread waits
+                        // for a CPU (the default 64 KiB blocks the writer at once under load);
+                        // the pages are charged to the writer's memory cgroup. Best effort.
+                        let _ = rustix::pipe::fcntl_setpipe_size(&w, OUTPUT_PIPE_SIZE);
                         c.pending.push(Pending::Output {
                             fd: n,
                             src: r,

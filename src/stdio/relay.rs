@@ -20,8 +20,10 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
 use rustix::io::Errno;
 use rustix::pipe::SpliceFlags;
 
@@ -29,6 +31,14 @@ use rustix::pipe::SpliceFlags;
 const SPLICE_LEN: usize = 1 << 20;
 /// The buffer of the read/write fallback.
 const BUF_LEN: usize = 64 * 1024;
+/// The pause of a paced stream (see [`pump`]).
+const PACE: Duration = Duration::from_micros(50);
+/// A splice that moved less than this while a stream flows makes the relay pause.
+const PACE_BELOW: usize = 32 * 1024;
+/// Data moved less than this long ago means a stream is flowing.
+const STREAMING: Duration = Duration::from_millis(1);
+/// What the caller's stdout or stderr pipe is grown to (never shrunk), when the runner may.
+const DST_PIPE_SIZE: usize = 1 << 20;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -78,6 +88,14 @@ pub(super) fn spawn(
         Ours::Dst => dst.as_fd(),
     };
     rustix::io::ioctl_fionbio(own, true)?;
+    if matches!(ours, Ours::Src) {
+        // The caller's pipe caps what one splice moves (64 KiB by default): a larger one
+        // makes for fewer, larger moves. Only ever grown, best effort (EBADF for anything
+        // but a pipe; EPERM past the caller's pipe-max-size).
+        if rustix::pipe::fcntl_getpipe_size(&dst).is_ok_and(|n| n < DST_PIPE_SIZE) {
+            let _ = rustix::pipe::fcntl_setpipe_size(&dst, DST_PIPE_SIZE);
+        }
+    }
     let label = name.to_string();
     std::thread::Builder::new()
         .name(label.clone())
@@ -94,35 +112,54 @@ pub(super) fn spawn(
 }
 
 /// Moves bytes from `src` to `dst` until one of the ends of [`End`].
+///
+/// Each wake-up costs two context switches (about 5 µs here, in a VM), so the relay paces a
+/// stream of small writes: when the last splice moved data less than [`STREAMING`] ago but
+/// under [`PACE_BELOW`] bytes (the writer writes a few KiB at a time and the relay kept
+/// emptying the pipe after each), it pauses [`PACE`] instead of waking on the next write,
+/// and then moves what gathered in one splice. The first bytes after a quiet moment always
+/// pass at once; a pause delays bytes that follow others within a millisecond by at most
+/// [`PACE`]. On the bench's 1 GiB stream this cuts the relay's context switches from about
+/// 36,000 to 4,000 and its CPU time from about 220 to 60 ms.
 pub(super) fn pump(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> End {
     // Allocated only when the kernel refuses splice between these two fds.
     let mut buf: Vec<u8> = Vec::new();
+    // When the last splice moved data, and how much.
+    let mut last: Option<(Instant, usize)> = None;
     loop {
-        if let Err(end) = wait(src, PollFlags::POLLIN, Some(dst), &[stop]) {
+        let pace =
+            buf.is_empty() && last.is_some_and(|(t, n)| n < PACE_BELOW && t.elapsed() < STREAMING);
+        let ready = if pace {
+            wait_for(None, Some(dst), &[stop], Some(PACE))
+        } else {
+            wait_for(Some((src, PollFlags::POLLIN)), Some(dst), &[stop], None)
+        };
+        if let Err(end) = ready {
             return end;
         }
         if buf.is_empty() {
-            loop {
-                let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-                match rustix::pipe::splice(src, None, dst, None, SPLICE_LEN, flags) {
-                    Ok(0) => return End::Eof,
-                    Ok(_) => {}
-                    Err(Errno::INTR) => {}
-                    // The source is empty or the destination full: wait until the destination
-                    // has room (at once when it has), then for the source.
-                    Err(Errno::AGAIN) => {
-                        if let Err(end) = wait(dst, PollFlags::POLLOUT, None, &[stop]) {
-                            return end;
-                        }
-                        break;
+            // One splice per wake-up: it moves everything the source holds (up to what the
+            // destination takes), so a second one would mostly find it empty.
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            match rustix::pipe::splice(src, None, dst, None, SPLICE_LEN, flags) {
+                Ok(0) => return End::Eof,
+                Ok(n) => last = Some((Instant::now(), n)),
+                Err(Errno::INTR) => {}
+                // Nothing came during a pause, or the destination is full: wait for the
+                // source again (at once when it has data).
+                Err(Errno::AGAIN) if pace => last = None,
+                // The source had data, so the destination is full (or another reader of the
+                // caller's source took the data first): wait until the destination has room
+                // (at once when it has), then for the source again.
+                Err(Errno::AGAIN) => {
+                    last = None;
+                    if let Err(end) = wait(dst, PollFlags::POLLOUT, None, &[stop]) {
+                        return end;
                     }
-                    Err(Errno::PIPE) => return End::Gone,
-                    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                        buf = vec![0; BUF_LEN];
-                        break;
-                    }
-                    Err(e) => return End::Failed(e.into()),
                 }
+                Err(Errno::PIPE) => return End::Gone,
+                Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => buf = vec![0; BUF_LEN],
+                Err(e) => return End::Failed(e.into()),
             }
         } else {
             match rustix::io::read(src, &mut buf) {
@@ -166,27 +203,41 @@ pub(super) fn wait(
     watch: Option<BorrowedFd<'_>>,
     stops: &[BorrowedFd<'_>],
 ) -> Result<(), End> {
-    let mut set: [PollFd<'_>; 4] = std::array::from_fn(|_| PollFd::new(fd, events));
-    let mut n = 1;
+    wait_for(Some((fd, events)), watch, stops, None)
+}
+
+/// [`wait`] with `fd` optional and a timeout: `Ok` when `fd` is ready or the time is up.
+fn wait_for(
+    fd: Option<(BorrowedFd<'_>, PollFlags)>,
+    watch: Option<BorrowedFd<'_>>,
+    stops: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> Result<(), End> {
+    let mut set: Vec<PollFd<'_>> = Vec::with_capacity(4);
+    if let Some((f, events)) = fd {
+        set.push(PollFd::new(f, events));
+    }
     let watch_at = watch.map(|w| {
         // Only its error and hangup states (always reported) are of interest.
-        set[n] = PollFd::new(w, PollFlags::empty());
-        n += 1;
-        n - 1
+        set.push(PollFd::new(w, PollFlags::empty()));
+        set.len() - 1
     });
-    let first_stop = n;
-    for s in stops.iter().take(set.len() - n) {
-        set[n] = PollFd::new(*s, PollFlags::POLLIN);
-        n += 1;
+    let first_stop = set.len();
+    for s in stops {
+        set.push(PollFd::new(*s, PollFlags::POLLIN));
     }
+    let timeout = timeout.map(TimeSpec::from_duration);
     loop {
-        match poll(&mut set[..n], PollTimeout::NONE) {
-            Ok(_) => {}
+        let n = match ppoll(&mut set, timeout, None) {
+            Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(End::Failed(e.into())),
+        };
+        if n == 0 {
+            return Ok(());
         }
         let fired = |i: usize| set[i].revents().is_some_and(|r| !r.is_empty());
-        if (first_stop..n).any(fired) {
+        if (first_stop..set.len()).any(fired) {
             return Err(End::Stopped);
         }
         if let Some(w) = watch_at {
@@ -195,7 +246,7 @@ pub(super) fn wait(
                 return Err(End::Gone);
             }
         }
-        if fired(0) {
+        if fd.is_some() && fired(0) {
             return Ok(());
         }
     }
