@@ -29,6 +29,32 @@ fn dup(fd: BorrowedFd<'_>) -> OwnedFd {
     fd.try_clone_to_owned().unwrap()
 }
 
+/// A `sandbox-run` child that is killed and reaped if the test fails before it ends, so a
+/// failed case leaves nothing running.
+struct Run(Child);
+
+impl std::ops::Deref for Run {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Run {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Waits for `c` at most `limit` (a liveness bound, not a timing assertion), killing it and
 /// failing the test when it runs longer.
 fn wait_bounded(c: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
@@ -89,6 +115,12 @@ impl Term {
             ws_ypixel: 0,
         };
         let p = nix::pty::openpty(&ws, None).unwrap();
+        // openpty's fds are not CLOEXEC: sandbox-run must not inherit the master (it would
+        // keep the terminal from hanging up when the test ends).
+        for fd in [p.master.as_fd(), p.slave.as_fd()] {
+            use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
         set_nonblocking(p.master.as_fd());
         Term {
             master: p.master,
@@ -98,14 +130,14 @@ impl Term {
 
     /// `sandbox-run ARGS` with the slave as stdout and stderr, and as stdin unless `stdin`
     /// says otherwise.
-    fn spawn(&self, args: &[&str], stdin: Option<Stdio>) -> Child {
-        Command::new(bin())
+    fn spawn(&self, args: &[&str], stdin: Option<Stdio>) -> Run {
+        Run(Command::new(bin())
             .args(args)
             .stdin(stdin.unwrap_or_else(|| dup(self.slave.as_fd()).into()))
             .stdout(dup(self.slave.as_fd()))
             .stderr(dup(self.slave.as_fd()))
             .spawn()
-            .unwrap()
+            .unwrap())
     }
 
     fn type_(&self, s: &[u8]) {
@@ -216,12 +248,12 @@ fn stdout_pipe_cannot_be_read_through_proc_self_fd() {
                  print('stolen=%r' % got, file=sys.stderr, flush=True)\n";
     let (r, w) = pipe();
     let before = HostState::take();
-    let mut c = Command::new(bin())
+    let mut c = Run(Command::new(bin())
         .args(["--stdin", "null", "--", "python3", "-c", probe])
         .stdout(dup(w.as_fd()))
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap());
     let mut err = c.stderr.take().unwrap();
     let mut line = [0u8; 6];
     err.read_exact(&mut line).unwrap();
@@ -483,13 +515,13 @@ fn end_of_file_and_exit_statuses_pass_through() {
     assert_eq!(o.status.code(), Some(3));
     // The plugin ends while the caller's stdin stays open: sandbox-run does not wait for it.
     let (r, w) = pipe();
-    let mut c = Command::new(bin())
+    let mut c = Run(Command::new(bin())
         .args(["--", "sh", "-c", "kill -9 $$"])
         .stdin(dup(r.as_fd()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     let st = wait_bounded(&mut c, Duration::from_secs(30), "stdin held open");
     assert_eq!(st.code(), Some(137));
     drop((r, w));
@@ -503,13 +535,13 @@ fn a_closed_stdout_gives_the_plugin_sigpipe() {
         return;
     }
     let before = HostState::take();
-    let mut c = Command::new(bin())
+    let mut c = Run(Command::new(bin())
         .args(["--", "yes"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap());
     let mut out = c.stdout.take().unwrap();
     let mut first = [0u8; 2];
     out.read_exact(&mut first).unwrap();
