@@ -48,6 +48,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod state;
 pub mod status;
+mod stdio;
 
 pub use diagnose::Diagnosis;
 pub use error::{AddrError, Error, ProfileError};

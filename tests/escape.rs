@@ -1054,9 +1054,12 @@ fn escape_tiocsti_injection_into_host_terminal_refused() {
     if !privileged() {
         return;
     }
-    // A pty handed to the sandbox as stdin (the plugin first tries to make it its
-    // controlling terminal with TIOCSCTTY, which would satisfy the kernel's own check), raw so that an injected byte would be readable
-    // at once on the host's side of the slave.
+    // A pty as the caller's terminal: stdin and stdout of sandbox-run, so that the plugin's
+    // session is interactive and its stdin a terminal too (since issue 12 it is the slave of
+    // a pty of the runner's; a terminal stdin alone gives it /dev/null). The plugin first
+    // tries to make its terminal its controlling one with TIOCSCTTY, which would satisfy the
+    // kernel's own check. The caller's terminal is raw, so that an injected byte would be
+    // readable at once on the host's side of the slave.
     let (mut m, mut s) = (0, 0);
     // SAFETY: openpty writes two fds; the termios calls get a valid fd and struct.
     let slave = unsafe {
@@ -1087,13 +1090,35 @@ fn escape_tiocsti_injection_into_host_terminal_refused() {
         py_prelude()
     );
     let before = HostState::take();
-    let o = Command::new(bin())
+    let c = Command::new(bin())
         .args(["--", "python3", "-c", &script])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .output()
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // What the plugin prints arrives on the master.
+    // SAFETY: fcntl on a valid fd we own.
+    unsafe {
+        let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        assert_eq!(
+            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK),
+            0
+        );
+    }
+    let mut mf = std::fs::File::from(master);
+    let mut got = Vec::new();
+    let t = std::time::Instant::now();
+    while !String::from_utf8_lossy(&got).contains("END") && t.elapsed() < Duration::from_secs(30) {
+        let mut buf = [0u8; 4096];
+        match mf.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let o = c.wait_with_output().unwrap();
     before.assert_unchanged();
-    let out = stdout(&o);
+    let out = String::from_utf8_lossy(&got).replace('\r', "");
     assert!(
         out.contains("tty True\n") && out.contains("END"),
         "{out} {}",
@@ -1117,7 +1142,6 @@ fn escape_tiocsti_injection_into_host_terminal_refused() {
         r => panic!("the terminal had input injected: {r:?} {:?}", &buf[..]),
     }
     // ... though typing on the master does arrive there (the check above can see input).
-    let mut mf = std::fs::File::from(master);
     std::io::Write::write_all(&mut mf, b"z").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(f.read(&mut buf).unwrap(), 1);

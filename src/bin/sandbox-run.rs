@@ -109,7 +109,9 @@ struct Cli {
     #[arg(long)]
     rootless: bool,
 
-    /// The program's stdin: null or inherit (default: the profile's).
+    /// The program's stdin: null or inherit (default: the profile's). inherit relays ours
+    /// through a pipe (a terminal only when stdout is one too: then both are a pseudo-terminal
+    /// proxied to it); the program never holds our own stdin.
     #[arg(long, value_name = "MODE", value_parser = ["null", "inherit"])]
     stdin: Option<String>,
 

@@ -32,7 +32,9 @@ pub enum Stdio {
     /// A pipe to the host: [`Runner::stdout`] / [`Runner::stderr`] hand out the read end,
     /// [`SandboxRunner::take_stdin`] the write end.
     Pipe,
-    /// The caller's own fd (0, 1 or 2).
+    /// The caller's own stream (0, 1 or 2), through a stand-in: the plugin never holds the
+    /// caller's pipe, file or terminal itself, but a pipe relayed to or from it, or a
+    /// pseudo-terminal proxied to it (see the README, "How stdio is relayed").
     Inherit,
     /// `/dev/null`.
     Null,
@@ -65,9 +67,14 @@ pub struct SandboxRunner {
     socket_host: Option<(std::path::PathBuf, bool)>,
     /// cgroup directories handed over to a detached sandbox (for its state file).
     cgroup_paths: Vec<std::path::PathBuf>,
-    /// Tasks copying the plugin's output into the caller's regular files.
+    /// Tasks that complete when the relays of the plugin's output to the caller's own
+    /// streams have delivered everything ([`Stdio::Inherit`]).
     relays: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The task feeding a regular file to the plugin's stdin.
+    /// The relays between the caller's own streams and the plugin's: dropping them stops
+    /// them and gives the caller's terminal its modes back.
+    stdio: Option<crate::stdio::Relays>,
+    /// The task feeding a file the runner opened to the plugin's stdin (when the plugin is
+    /// not host root, see `stdio::wire`).
     stdin_relay: Option<tokio::task::JoinHandle<()>>,
     /// The translator over the socket directory, once started.
     sockets: Option<SocketDir>,
@@ -177,6 +184,7 @@ impl SandboxRunner {
             relays: Mutex::new(Vec::new()),
             stdin_relay: None,
             egress,
+            stdio: None,
         })
     }
 

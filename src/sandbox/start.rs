@@ -2,7 +2,7 @@
 //! the kernel needs them (fds, state, cgroup, reaper registration, the clone, the host's work
 //! while the init waits, the go, the child's report).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
@@ -82,7 +82,8 @@ impl SandboxRunner {
             input,
             out,
             err,
-            relays,
+            caller,
+            file_relays,
             stdin_relay,
         } = stdio::wire(
             &self.stdin,
@@ -341,8 +342,11 @@ impl SandboxRunner {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated step record"),
             ));
         }
+        let (relays_guard, relays) = caller.start(running.pidfd.get_ref().as_fd())?;
+        self.stdio = Some(relays_guard);
         self.input = input;
-        *self.relays.lock().unwrap_or_else(|p| p.into_inner()) = relays;
+        *self.relays.lock().unwrap_or_else(|p| p.into_inner()) =
+            relays.into_iter().chain(file_relays).collect();
         self.stdin_relay = stdin_relay;
         if self.stdout == Stdio::Pipe {
             self.out = out;

@@ -1,6 +1,7 @@
 //! The plugin's standard streams: what the child gets on fds 0, 1 and 2 for each [`Stdio`],
-//! the host's ends (pipes handed to the caller, relays into the caller's files), and the fd
-//! helpers of a start (every fd moved above 2, `CLOEXEC`).
+//! the host's ends (pipes handed to the caller; for [`Stdio::Inherit`], the stand-ins and
+//! relays of `crate::stdio`), and the fd helpers of a start (every fd moved above 2,
+//! `CLOEXEC`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -10,7 +11,7 @@ use crate::runner::{PipeReader, PipeWriter};
 
 /// What [`wire`] made: the fd numbers for the child, and the host's ends.
 pub(super) struct Wired {
-    /// The fd the child puts on 0, or -1 to keep the caller's.
+    /// The fd the child puts on 0.
     pub stdin_fd: RawFd,
     /// The fd the child puts on 1.
     pub stdout_fd: RawFd,
@@ -22,14 +23,20 @@ pub(super) struct Wired {
     pub out: Option<PipeReader>,
     /// The read end of a [`Stdio::Pipe`] stderr.
     pub err: Option<PipeReader>,
-    /// Tasks copying the plugin's output into the caller's regular files.
-    pub relays: Vec<tokio::task::JoinHandle<()>>,
-    /// The task feeding a regular file to the plugin's stdin.
+    /// The stand-ins for the caller's own streams and their relays, to start with the plugin.
+    pub caller: crate::stdio::Caller,
+    /// Tasks copying the plugin's output into files the runner opened for it.
+    pub file_relays: Vec<tokio::task::JoinHandle<()>>,
+    /// The task feeding a file the runner opened to the plugin's stdin.
     pub stdin_relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Opens the child's side of each stream (owned by `child_side` until the clone) and the
-/// host's side.
+/// host's side. `owner`: the plugin's host uid and gid when it is not host root's; every
+/// stream it gets then belongs to it (so that it can reopen them by path, `/dev/stdout`, as
+/// it could if it had made them), and a file the runner opens for it is relayed through a
+/// pipe, unless the sandbox is `detached` (it outlives this process's relays: the file is
+/// then handed over, given to the plugin's ids).
 pub(super) fn wire(
     stdin: &Stdio,
     stdout: &Stdio,
@@ -38,54 +45,41 @@ pub(super) fn wire(
     owner: Option<(u32, u32)>,
     detached: bool,
 ) -> Result<Wired, Error> {
-    let mut stdin_fd = -1;
+    let stdin_fd;
     let mut input: Option<PipeWriter> = None;
-    let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut file_relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut stdin_relay: Option<tokio::task::JoinHandle<()>> = None;
-    // Pipes the plugin gets belong to its host ids, so that it can reopen them by path
-    // (`/dev/stdout`), as it could if it were the pipe's creator.
-    let pipe = || -> Result<(OwnedFd, OwnedFd), Error> {
-        let (r, w) = pipe()?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&r, Some(uid), Some(gid))
-                .map_err(|e| Error::host("chown of a stdio pipe", e))?;
-        }
-        Ok((r, w))
-    };
-    // A regular file is relayed through a pipe: handed over as is, the plugin could reopen
-    // it through /proc/self/fd/0 with more rights (write it, or read an output back).
-    let mut relay_in = |src: OwnedFd| -> Result<RawFd, Error> {
-        let (r, w) = pipe()?;
-        let src = std::fs::File::from(src);
-        let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
-            .map_err(|e| Error::host("stdin relay pipe", e))?;
-        stdin_relay = Some(tokio::spawn(async move {
-            let mut src = tokio::fs::File::from_std(src);
-            let _ = tokio::io::copy(&mut src, &mut tx).await;
-        }));
-        Ok(keep(child_side, r))
-    };
-    // A detached sandbox outlives this process and its relays: the files the runner opens
-    // for it are handed over as they are, given to the plugin's host ids.
     let give = |f: OwnedFd| -> Result<OwnedFd, Error> {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| Error::host("chown of a detached sandbox's stdio file", e))?;
+                .map_err(|e| Error::host("giving a stdio stream to the plugin's ids", e))?;
         }
         Ok(f)
     };
+    let pipe = || -> Result<(OwnedFd, OwnedFd), Error> {
+        let (r, w) = pipe()?;
+        // Both ends are one inode: giving one gives the pipe.
+        Ok((give(r)?, w))
+    };
+    let relay_files = owner.is_some() && !detached;
+    // The caller's own streams are never handed over: relayed pipes or a proxied
+    // pseudo-terminal stand in for them (src/stdio).
+    let inherit = [stdin, stdout, stderr].map(|s| *s == Stdio::Inherit);
+    let mut caller = crate::stdio::Caller::new(inherit)?;
     match stdin {
-        // A file the runner opens: relayed when the plugin is not host root (a root-owned
-        // file could not be reopened by path).
-        Stdio::File(p) if owner.is_some() && !detached => {
-            stdin_fd = relay_in(open_file(p, libc::O_RDONLY)?)?;
+        Stdio::File(p) if relay_files => {
+            let src = std::fs::File::from(open_file(p, libc::O_RDONLY)?);
+            let (r, w) = pipe()?;
+            let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(w)
+                .map_err(|e| Error::host("stdin relay pipe", e))?;
+            stdin_relay = Some(tokio::spawn(async move {
+                let mut src = tokio::fs::File::from_std(src);
+                let _ = tokio::io::copy(&mut src, &mut tx).await;
+            }));
+            stdin_fd = keep(child_side, r);
         }
         Stdio::File(p) => stdin_fd = keep(child_side, give(open_file(p, libc::O_RDONLY)?)?),
-        Stdio::Inherit => match fd_kind(0) {
-            Ok(FdKind::Dir) | Ok(FdKind::Path) => return Err(refuse_fd("stdin", 0)),
-            Ok(FdKind::File) => stdin_fd = relay_in(dup_above2(0)?)?,
-            _ => {}
-        },
+        Stdio::Inherit => stdin_fd = keep(child_side, give(caller.child_fd(0)?)?),
         Stdio::Null => stdin_fd = keep(child_side, dev_null(libc::O_RDONLY)?),
         Stdio::Pipe => {
             let (r, w) = pipe()?;
@@ -97,34 +91,25 @@ pub(super) fn wire(
         }
     }
     let mut output = |s: Stdio, fd: RawFd| -> Result<(RawFd, Option<PipeReader>), Error> {
-        // Relayed through a pipe, so the plugin cannot reopen the file through
-        // /proc/self/fd with more rights (read it back, truncate it).
-        let mut relay_out = |dst: OwnedFd| -> Result<RawFd, Error> {
-            let (r, w) = pipe()?;
-            let dst = std::fs::File::from(dst);
-            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
-                .map_err(|e| Error::host("output relay pipe", e))?;
-            relays.push(tokio::spawn(async move {
-                let mut dst = tokio::fs::File::from_std(dst);
-                let _ = tokio::io::copy(&mut rx, &mut dst).await;
-                let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
-            }));
-            Ok(keep(child_side, w))
-        };
         Ok(match s {
-            Stdio::Inherit => match fd_kind(fd) {
-                Ok(FdKind::Dir) | Ok(FdKind::Path) => {
-                    return Err(refuse_fd(if fd == 1 { "stdout" } else { "stderr" }, fd))
-                }
-                Ok(FdKind::File) => (relay_out(dup_above2(fd)?)?, None),
-                _ => (keep(child_side, dup_above2(fd)?), None),
-            },
+            Stdio::Inherit => (keep(child_side, give(caller.child_fd(fd as usize)?)?), None),
             Stdio::Null => (keep(child_side, dev_null(libc::O_WRONLY)?), None),
             Stdio::File(p) => {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
                 let f = open_file(&p, flags)?;
-                if owner.is_some() && !detached {
-                    (relay_out(f)?, None)
+                if relay_files {
+                    // Relayed, so the plugin cannot reopen the file through /proc/self/fd
+                    // with more rights (read it back, truncate it).
+                    let (r, w) = pipe()?;
+                    let dst = std::fs::File::from(f);
+                    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                        .map_err(|e| Error::host("output relay pipe", e))?;
+                    file_relays.push(tokio::spawn(async move {
+                        let mut dst = tokio::fs::File::from_std(dst);
+                        let _ = tokio::io::copy(&mut rx, &mut dst).await;
+                        let _ = tokio::io::AsyncWriteExt::flush(&mut dst).await;
+                    }));
+                    (keep(child_side, w), None)
                 } else {
                     (keep(child_side, give(f)?), None)
                 }
@@ -146,7 +131,8 @@ pub(super) fn wire(
         input,
         out,
         err,
-        relays,
+        caller,
+        file_relays,
         stdin_relay,
     })
 }
@@ -189,11 +175,12 @@ pub(super) fn dev_null(flags: libc::c_int) -> Result<OwnedFd, Error> {
     above2(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// What kind of open file one of the caller's fds is, to decide how to hand it over.
+/// What kind of open file one of the caller's `pass_fds` is (its stdio is decided in
+/// `crate::stdio`).
 pub(super) enum FdKind {
     /// A pipe, socket, terminal or other character device: handed over as is.
     Stream,
-    /// A regular file or block device: relayed through a pipe.
+    /// A regular file or block device: handed over as is.
     File,
     /// A directory: refused (a way out of the private root through /proc/self/fd).
     Dir,
