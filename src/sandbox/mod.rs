@@ -323,16 +323,13 @@ impl SandboxRunner {
         }
     }
 
-    /// The plugin's uid and gid on the host when it is not host root's (a root runner's id
-    /// block, or rootless mode's caller); `None` for host ids.
+    /// The plugin's uid and gid on the host when they are not the runner's own (a root
+    /// runner's id block); `None` for host ids, or rootless mode (the plugin is the caller,
+    /// which already owns whatever the runner makes).
     fn plugin_host_ids(&self) -> Option<(u32, u32)> {
         let user = self.profile.user;
         match self.plan.ids() {
-            crate::plan::IdMode::Host => None,
-            crate::plan::IdMode::Caller => Some((
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            )),
+            crate::plan::IdMode::Host | crate::plan::IdMode::Caller => None,
             crate::plan::IdMode::Range => {
                 let base = self.ids.as_ref().map_or(0, |r| r.base());
                 Some((base + user.uid, base + user.gid))
