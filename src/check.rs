@@ -29,7 +29,7 @@ const NAMESPACES: [(&str, libc::c_int); 7] = [
 ];
 
 /// The namespaces the default profile creates, joined for messages.
-const DEFAULT_NS_NAMES: &str = "mnt+pid+net+ipc+uts";
+const DEFAULT_NS_NAMES: &str = "user+mnt+pid+net+ipc+uts";
 
 /// The clone flags of the namespaces the default profile creates.
 const DEFAULT_NS_FLAGS: libc::c_int = libc::CLONE_NEWNS
@@ -348,6 +348,8 @@ pub struct Report {
     cap_last_cap: Option<u32>,
     namespaces: Vec<NsProbe>,
     default_ns: Result<(), Errno>,
+    /// How the default profile's ids relate to the host's, for this caller.
+    default_ids: crate::plan::IdMode,
     cgroups: CgroupReport,
     seccomp_mode: Result<i32, Errno>,
     seccomp_actions: Result<String, String>,
@@ -390,12 +392,12 @@ impl Report {
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
             namespaces,
-            // Not root: profiles run rootless (`rootless = "auto"`), in a user namespace too.
-            default_ns: crate::child::probe_clone(if nix::unistd::geteuid().is_root() {
-                DEFAULT_NS_FLAGS as u64
-            } else {
-                (DEFAULT_NS_FLAGS | libc::CLONE_NEWUSER) as u64
-            }),
+            // The default profile has a user namespace for root (an id block of its own) and
+            // not root (`rootless = "auto"`) alike.
+            default_ns: crate::child::probe_clone((DEFAULT_NS_FLAGS | libc::CLONE_NEWUSER) as u64),
+            default_ids: crate::profile::Profile::builtin("default")
+                .map(|p| crate::plan::IdMode::for_profile(&p, nix::unistd::geteuid().as_raw()))
+                .unwrap_or(crate::plan::IdMode::Caller),
             cgroups: CgroupReport::gather(),
             seccomp_mode: probe_seccomp(),
             seccomp_actions: read_text("/proc/sys/kernel/seccomp/actions_avail")
@@ -556,6 +558,11 @@ impl Report {
                 Ok(()) => "can create".to_owned(),
                 Err(e) => format!("cannot create ({e})"),
             }
+        )?;
+        writeln!(
+            f,
+            "  default profile user namespace: {}",
+            self.default_ids.describe()
         )
     }
 
@@ -990,6 +997,7 @@ impl Report {
             "namespaces": namespaces,
             "default_namespaces": {
                 "names": DEFAULT_NS_NAMES,
+                "ids": self.default_ids.name(),
                 "can_create": default_ns_ok,
                 "error": default_ns_error,
             },

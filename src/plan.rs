@@ -33,6 +33,26 @@ pub enum IdMode {
 }
 
 impl IdMode {
+    /// The mode `profile` gets when run with effective uid `euid`.
+    pub fn for_profile(profile: &Profile, euid: u32) -> IdMode {
+        if profile.rootless.enabled_for(euid) {
+            IdMode::Caller
+        } else if euid == 0 && profile.userns {
+            IdMode::Range
+        } else {
+            IdMode::Host
+        }
+    }
+
+    /// A short name, for JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdMode::Host => "host",
+            IdMode::Caller => "rootless",
+            IdMode::Range => "range",
+        }
+    }
+
     /// A short description, for `check` and errors.
     pub fn describe(self) -> &'static str {
         match self {
@@ -154,10 +174,11 @@ impl Plan {
 
         let ns = profile.namespaces;
         let euid = nix::unistd::geteuid().as_raw();
-        let caller_map = profile.rootless.enabled_for(euid);
+        let mode = IdMode::for_profile(profile, euid);
+        let caller_map = mode == IdMode::Caller;
         // Root: a user namespace over a range of host ids of the sandbox's own, unless the
         // profile opts out (or asks for rootless mode's single mapping).
-        let id_range = euid == 0 && !caller_map && profile.userns;
+        let id_range = mode == IdMode::Range;
         let userns = caller_map || id_range;
         if id_range && (profile.user.uid >= ID_RANGE_SIZE || profile.user.gid >= ID_RANGE_SIZE) {
             return Err(Error::Profile(crate::error::ProfileError::Invalid {
@@ -208,8 +229,10 @@ impl Plan {
         let seccomp =
             crate::seccomp::compile(&profile.seccomp).map_err(|m| invalid("[seccomp]", m))?;
         // In a user namespace CAP_SYS_RESOURCE is the namespace's own, which cannot raise a
-        // limit above the caller's hard limit: rootless limits can only be lowered.
-        let can_raise = !userns
+        // limit above the caller's hard limit: rootless limits can only be lowered. A root
+        // runner's id block: the host raises them on the init before its go (see
+        // `sandbox::start`), with its own CAP_SYS_RESOURCE.
+        let can_raise = (!userns || id_range)
             && caps::has_cap(
                 None,
                 caps::CapSet::Effective,

@@ -446,7 +446,7 @@ fn check_reports_the_host_and_accepts_the_default_profile() {
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     for want in [
-        "default profile set mnt+pid+net+ipc+uts: can create",
+        "default profile set user+mnt+pid+net+ipc+uts: can create",
         "cgroups:",
         "mode:",
         "seccomp",

@@ -257,6 +257,12 @@ impl SandboxRunner {
             // mounts anything. Our unreaped child's pid cannot be reused meanwhile.
             write_id_maps(pid, self.ids.as_ref().map(|r| r.base()))?;
         }
+        if self.ids.is_some() {
+            // The plugin's CAP_SYS_RESOURCE is its namespace's, which cannot raise a hard
+            // limit: the host raises those on the init while it waits (the plugin inherits
+            // them and sets the exact values itself).
+            raise_rlimits(pid, &self.plan.rlimits)?;
+        }
         if self.plan.detach {
             if let Some(ids) = self.ids.as_mut() {
                 ids.hand_over(pid)?;
@@ -430,6 +436,39 @@ fn write_id_maps(pid: i32, base: Option<u32>) -> Result<(), Error> {
         let path = format!("/proc/{pid}/{file}");
         std::fs::write(&path, text.as_bytes())
             .map_err(|e| Error::host(format!("user namespace: writing {text:?} to {path}"), e))?;
+    }
+    Ok(())
+}
+
+/// Sets, on process `pid`, each limit of `plan` whose hard limit is above this process's.
+fn raise_rlimits(pid: i32, plan: &crate::child::rlimit::RlimitPlan) -> Result<(), Error> {
+    for r in plan.items() {
+        let mut cur = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads this process's limit into a live struct.
+        if unsafe { libc::prlimit64(0, r.resource as _, std::ptr::null(), &mut cur) } != 0 {
+            continue;
+        }
+        if r.hard <= cur.rlim_max {
+            continue;
+        }
+        let new = libc::rlimit64 {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: sets the limit of our own unreaped child from a live struct.
+        if unsafe { libc::prlimit64(pid, r.resource as _, &new, std::ptr::null_mut()) } != 0 {
+            return Err(Error::host(
+                format!(
+                    "raising rlimits.{} of the sandbox to {}",
+                    crate::rlimit::resource_name(r.resource),
+                    r.hard
+                ),
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     Ok(())
 }
