@@ -734,3 +734,208 @@ async fn the_spawner_and_reaper_cannot_be_reached_or_signalled_from_inside() {
     .await;
     before.assert_unchanged();
 }
+
+// ---------------------------------------------------------------------------------------
+// A library host SIGKILLed
+// ---------------------------------------------------------------------------------------
+
+/// Set in the environment of this test binary when it is re-run as a library host.
+const LIBRARY_HOST: &str = "SANDBOX_TEST_LIBRARY_HOST";
+
+/// The sandboxes the library host starts: two with the default profile and one with the
+/// go-plugin profile (a state directory holding the socket directory, which the plugin fills
+/// with a socket and a small tree). Each prints one line once it runs.
+fn library_host_sandboxes() -> Vec<(Profile, &'static str, Vec<&'static str>)> {
+    let sh = vec!["-c", "echo up; exec sleep 100"];
+    let default = || Profile::builtin("default").unwrap();
+    vec![
+        (default(), "/bin/sh", sh.clone()),
+        (default(), "/bin/sh", sh),
+        (
+            Profile::builtin("go-plugin").unwrap(),
+            "/usr/bin/python3",
+            vec![
+                "-c",
+                "import os, socket, time\n\
+                 d = os.environ['PLUGIN_UNIX_SOCKET_DIR']\n\
+                 s = socket.socket(socket.AF_UNIX); s.bind(d + '/p.sock'); s.listen()\n\
+                 os.makedirs(d + '/a/b/c'); open(d + '/a/b/c/f', 'w').write('x')\n\
+                 print('up', flush=True)\n\
+                 time.sleep(100)",
+            ],
+        ),
+    ]
+}
+
+/// Not a test of its own: the library host of
+/// [`a_sigkilled_library_host_leaves_nothing_within_two_seconds`], which re-runs this test
+/// binary with [`LIBRARY_HOST`] set and only this test selected. It starts the sandboxes of
+/// [`library_host_sandboxes`], prints `SANDBOX <id> <init pid>` for each once its plugin
+/// runs, then `READY`, and waits to be SIGKILLed. Without [`LIBRARY_HOST`] it does nothing.
+#[test]
+fn library_host_entry_for_the_sigkill_test() {
+    if std::env::var_os(LIBRARY_HOST).is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut alive = Vec::new();
+        for (profile, program, args) in library_host_sandboxes() {
+            let mut r = SandboxRunner::new(profile, program, args).unwrap();
+            r.start().await.unwrap();
+            let mut line = String::new();
+            BufReader::new(r.stdout().unwrap())
+                .read_line(&mut line)
+                .await
+                .unwrap();
+            assert_eq!(line, "up\n");
+            println!("SANDBOX {} {}", r.id(), r.init_pid().unwrap());
+            alive.push(r);
+        }
+        println!("READY");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A child process SIGKILLed and reaped when dropped, so that a failing test leaves no host
+/// running behind it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host process that uses the library, SIGKILLed with three sandboxes running: within
+/// 2 s, with no later start and no `check --cleanup`, every process of every sandbox is gone,
+/// and so are their cgroups (below this process's own cgroups, in every hierarchy), their
+/// owner records, their state and socket directories, and the host's reaper itself.
+#[test]
+fn a_sigkilled_library_host_leaves_nothing_within_two_seconds() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    let records = sandbox_runner::cgroup::records_dir();
+    let state = sandbox_runner::state::state_root();
+    let mut host = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "library_host_entry_for_the_sigkill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(LIBRARY_HOST, "1")
+            .env_remove("PLUGIN_UNIX_SOCKET_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let host_pid = host.0.id() as i32;
+    let mut ids = Vec::new();
+    let mut inits = Vec::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(host.0.stdout.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        // libtest may have printed the test's name on the same line first.
+        if line.ends_with("READY") {
+            break;
+        }
+        if let Some((_, rest)) = line.split_once("SANDBOX ") {
+            let (id, pid) = rest.split_once(' ').unwrap();
+            ids.push(id.to_owned());
+            inits.push(pid.parse::<i32>().unwrap());
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        library_host_sandboxes().len(),
+        "the library host did not start its sandboxes: {:?}",
+        host.0.try_wait()
+    );
+    // Everything it had, to be gone afterwards: every process of every sandbox, their
+    // cgroups, owner records and state directories, and the reaper.
+    let procs: std::collections::BTreeSet<i32> =
+        inits.iter().flat_map(|&p| pids_in_pidns_of(p)).collect();
+    assert!(procs.len() >= 2 * ids.len(), "{procs:?}");
+    let (reaper, _, _) = reaper_of(host_pid).expect("the library host has no reaper");
+    let named = |dirs: &std::collections::BTreeSet<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        dirs.iter()
+            .filter(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| ids.iter().any(|id| n.starts_with(id.as_str())))
+            })
+            .cloned()
+            .collect()
+    };
+    let left = || {
+        let mut left: Vec<String> = Vec::new();
+        left.extend(
+            procs
+                .iter()
+                .filter(|&&p| alive(p))
+                .map(|p| format!("process {p}")),
+        );
+        if alive(reaper) {
+            left.push(format!("reaper {reaper}"));
+        }
+        let cgroups = own_cgroup_dirs();
+        let files: std::collections::BTreeSet<std::path::PathBuf> = entries(&records)
+            .into_iter()
+            .map(|n| records.join(n))
+            .chain(entries(&state).into_iter().map(|n| state.join(n)))
+            .collect();
+        left.extend(named(&cgroups).iter().map(|d| d.display().to_string()));
+        left.extend(named(&files).iter().map(|d| d.display().to_string()));
+        left
+    };
+    // It really had something to leave: a cgroup in each limited hierarchy and a record per
+    // sandbox, and the go-plugin sandbox's state directory with its socket directory.
+    let had = left();
+    for id in &ids {
+        assert!(
+            entries(&records).contains(std::ffi::OsStr::new(&format!("{id}.json"))),
+            "no owner record for {id}: {had:?}"
+        );
+        assert!(
+            named(&own_cgroup_dirs()).iter().any(|d| d.ends_with(id)),
+            "no cgroup for {id}: {had:?}"
+        );
+    }
+    let sock_dir = state.join(&ids[2]).join("sock");
+    assert!(sock_dir.join("p.sock").exists(), "{had:?}");
+    let _ = host.0.kill();
+    host.0.wait().unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(2);
+    loop {
+        let now = left();
+        if now.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 s after the library host's SIGKILL, left: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{} sandboxes, {} processes, {} paths: nothing left {:?} after the SIGKILL",
+        ids.len(),
+        procs.len(),
+        had.len() - procs.len() - 1,
+        killed.elapsed()
+    );
+    drop(lines);
+    before.assert_unchanged();
+}
