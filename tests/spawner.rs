@@ -3,7 +3,9 @@
 //! copy of its page tables or memory is made), and PID 1 is then `sandbox-init`, a
 //! freestanding program of a few pages: its cmdline, environment, mappings and memory hold
 //! nothing of the host, with `CAP_SYS_PTRACE` kept and Landlock off, and whatever the size
-//! of the host's heap.
+//! of the host's heap. From inside a sandbox, the host, its spawner thread and its reaper can
+//! be neither seen, reached nor signalled; and a SIGKILLed host, the CLI or a library host,
+//! leaves nothing behind within 2 s, with no later start.
 #![allow(clippy::await_holding_lock)] // serial(): one test at a time, each on its own runtime
 
 mod common;
@@ -319,4 +321,621 @@ fn a_sigkilled_cli_host_leaves_nothing_within_two_seconds() {
          print('1|1|unix|' + d + '/p.sock|grpc', flush=True)\n\
          time.sleep(100)",
     ]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The spawner, the reaper and the host, seen from inside a sandbox
+// ---------------------------------------------------------------------------------------
+
+/// The thread of process `pid` that clones every sandbox (`sandbox-spawner`), if it exists.
+fn spawner_tid(pid: i32) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "sandbox-spawner")
+        })
+}
+
+/// The inodes of the sockets process `pid` holds open.
+fn socket_inodes(pid: i32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let l = std::fs::read_link(e.path()).ok()?;
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A unix socket of this network namespace, as `ss -x` sees it (sock_diag).
+#[derive(Debug)]
+struct UnixSocket {
+    /// The inode of its peer (0 for none).
+    peer: u32,
+    /// The address it is bound to (a path, or `\0` and an abstract name), if any.
+    name: Option<Vec<u8>>,
+}
+
+/// Every unix socket of this network namespace, by inode, from `NETLINK_SOCK_DIAG`.
+fn unix_sockets() -> std::collections::HashMap<u32, UnixSocket> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 0x1;
+    const UDIAG_SHOW_PEER: u32 = 0x4;
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_PEER: u16 = 2;
+    /// `struct nlmsghdr` followed by `struct unix_diag_req`.
+    #[repr(C)]
+    struct Request {
+        nlh: libc::nlmsghdr,
+        family: u8,
+        protocol: u8,
+        pad: u16,
+        states: u32,
+        ino: u32,
+        show: u32,
+        cookie: [u32; 2],
+    }
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes(b[at..at + 2].try_into().unwrap())
+    }
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+    }
+    // SAFETY: plain socket call; the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    assert!(fd >= 0, "sock_diag: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd of ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let req = Request {
+        nlh: libc::nlmsghdr {
+            nlmsg_len: std::mem::size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        family: libc::AF_UNIX as u8,
+        protocol: 0,
+        pad: 0,
+        states: !0,
+        ino: 0,
+        show: UDIAG_SHOW_NAME | UDIAG_SHOW_PEER,
+        cookie: [!0; 2],
+    };
+    // SAFETY: sends the request struct, which lives across the call.
+    let sent = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            (&req as *const Request).cast(),
+            std::mem::size_of::<Request>(),
+            0,
+        )
+    };
+    assert_eq!(sent, std::mem::size_of::<Request>() as isize);
+    let mut out = std::collections::HashMap::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: receives into a live buffer of that size.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n > 0, "sock_diag: {}", std::io::Error::last_os_error());
+        let b = &buf[..n as usize];
+        let mut off = 0;
+        while off + 16 <= b.len() {
+            let len = u32_at(b, off) as usize;
+            match u16_at(b, off + 4) as libc::c_int {
+                libc::NLMSG_DONE => return out,
+                libc::NLMSG_ERROR => panic!("sock_diag: error {}", u32_at(b, off + 16) as i32),
+                _ => {}
+            }
+            // struct unix_diag_msg (16 bytes), then the attributes.
+            let msg = &b[off + 16..off + len];
+            let ino = u32_at(msg, 4);
+            let mut sock = UnixSocket {
+                peer: 0,
+                name: None,
+            };
+            let mut at = 16;
+            while at + 4 <= msg.len() {
+                let alen = u16_at(msg, at) as usize;
+                if alen < 4 {
+                    break;
+                }
+                let data = &msg[at + 4..at + alen];
+                match u16_at(msg, at + 2) {
+                    UNIX_DIAG_PEER => sock.peer = u32_at(data, 0),
+                    UNIX_DIAG_NAME => sock.name = Some(data.to_vec()),
+                    _ => {}
+                }
+                at += (alen + 3) & !3;
+            }
+            out.insert(ino, sock);
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// The reaper of host process `host`: the `sandbox-reaper` process holding the other end of
+/// one of the host's sockets, as (its pid, the host's end, the reaper's end).
+fn reaper_of(host: i32) -> Option<(i32, u32, u32)> {
+    let socks = unix_sockets();
+    let mine = socket_inodes(host);
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "sandbox-reaper")
+            || !running(pid)
+        {
+            continue;
+        }
+        for ino in socket_inodes(pid) {
+            if let Some(s) = socks.get(&ino).filter(|s| mine.contains(&s.peer)) {
+                return Some((pid, s.peer, ino));
+            }
+        }
+    }
+    None
+}
+
+/// A probe, run inside the sandbox, that tries every way to reach the host, its spawner
+/// thread and its reaper (host pids in argv: another PID namespace's numbers), and to kill
+/// every process it can see. Prints `REFUSED what ERRNO` or `ALLOWED what` per attempt,
+/// `ATTEMPTS n`, and `SURVIVED` last, when its init outlived all of it. It does nothing
+/// unless it runs in a PID namespace of its own (a probe that killed `-1` on the host would
+/// take the machine down): it then says `NOT-ISOLATED`.
+const REACH: &str = r#"
+import ctypes, errno, os, signal, socket, sys, time
+host, spawner, reaper = (int(x) for x in sys.argv[1:4])
+host_ns, host_end, reaper_end = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+me = os.getpid()
+if os.readlink('/proc/self/ns/pid') == host_ns or me > 16:
+    print('NOT-ISOLATED', me, flush=True)
+    sys.exit(3)
+libc = ctypes.CDLL(None, use_errno=True)
+attempts = 0
+def c(r):
+    if r == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+def attempt(what, f):
+    global attempts
+    attempts += 1
+    try:
+        r = f()
+    except OSError as e:
+        print('REFUSED', what, errno.errorcode.get(e.errno, e.errno), flush=True)
+        return
+    if isinstance(r, int) and what.startswith('pidfd_open'):
+        os.close(r)
+    print('ALLOWED', what, repr(r)[:80], flush=True)
+def read(path):
+    with open(path, 'rb') as f:
+        return f.read(64)
+class iovec(ctypes.Structure):
+    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(64)
+local = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong,
+                                  ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+visible = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+print('VISIBLE', visible, flush=True)
+for who, pid in (('host', host), ('spawner', spawner), ('reaper', reaper)):
+    if pid in visible:
+        print('ALLOWED visible', who, pid, flush=True)
+    attempt('kill0 %s' % who, lambda: os.kill(pid, 0))
+    attempt('kill %s' % who, lambda: os.kill(pid, signal.SIGKILL))
+    attempt('killpg %s' % who, lambda: os.killpg(pid, signal.SIGKILL))
+    attempt('tgkill %s' % who, lambda: c(libc.tgkill(host, pid, signal.SIGKILL)))
+    attempt('sigqueue %s' % who, lambda: c(libc.sigqueue(pid, signal.SIGKILL, ctypes.c_void_p(0))))
+    attempt('pidfd_open %s' % who, lambda: os.pidfd_open(pid))
+    attempt('ptrace_attach %s' % who, lambda: c(libc.ptrace(16, pid, None, None)))
+    attempt('ptrace_seize %s' % who, lambda: c(libc.ptrace(0x4206, pid, None, None)))
+    remote = iovec(0x400000, 64)
+    attempt('process_vm_readv %s' % who, lambda: c(libc.process_vm_readv(
+        pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)))
+    attempt('setpriority %s' % who, lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+    attempt('getpgid %s' % who, lambda: os.getpgid(pid))
+    for f in ('cmdline', 'environ', 'status', 'mem', 'maps', 'stat'):
+        attempt('open /proc/%s/%s' % (who, f), lambda: read('/proc/%d/%s' % (pid, f)))
+    attempt('list /proc/%s/fd' % who, lambda: os.listdir('/proc/%d/fd' % pid))
+    attempt('readlink /proc/%s/exe' % who, lambda: os.readlink('/proc/%d/exe' % pid))
+    attempt('list /proc/%s/root' % who, lambda: os.listdir('/proc/%d/root/' % pid))
+    attempt('open /proc/%s/task/spawner' % who,
+            lambda: read('/proc/%d/task/%d/comm' % (pid, spawner)))
+    for fd in range(0, 8):
+        attempt('open /proc/%s/fd/%d' % (who, fd), lambda: read('/proc/%d/fd/%d' % (pid, fd)))
+# The reaper's socket: an unnamed socketpair in the host's network namespace. Nothing of
+# it may show in this one, no socket held by a process here may be it, and every socket
+# with a name here is tried.
+named = []
+with open('/proc/net/unix') as f:
+    for line in f.read().splitlines()[1:]:
+        cols = line.split()
+        if int(cols[6]) in (host_end, reaper_end):
+            print('ALLOWED listed socket', cols[6], flush=True)
+        if len(cols) > 7:
+            named.append(cols[7])
+for pid in visible:
+    try:
+        links = [os.readlink('/proc/%d/fd/%s' % (pid, fd)) for fd in os.listdir('/proc/%d/fd' % pid)]
+    except OSError:
+        continue
+    for l in links:
+        if l in ('socket:[%d]' % host_end, 'socket:[%d]' % reaper_end):
+            print('ALLOWED held socket', pid, l, flush=True)
+for name in named:
+    addr = '\0' + name[1:] if name.startswith('@') else name
+    for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_UNIX, kind)
+        attempt('connect %r %d' % (name, kind), lambda: s.connect(addr))
+        s.close()
+print('ATTEMPTS', attempts, flush=True)
+# Then every process in sight, and everything at once.
+for pid in visible:
+    if pid != me:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            print('SIGNALLED', pid, flush=True)
+        except OSError as e:
+            print('NOT-SIGNALLED', pid, errno.errorcode.get(e.errno, e.errno), flush=True)
+try:
+    os.kill(-1, signal.SIGKILL)
+    print('SIGNALLED -1', flush=True)
+except OSError as e:
+    print('NOT-SIGNALLED -1', errno.errorcode.get(e.errno, e.errno), flush=True)
+# Had the init died, the kernel would kill this process too before this line.
+time.sleep(0.3)
+print('SURVIVED', flush=True)
+"#;
+
+/// Runs [`REACH`] in a sandbox of `profile`, then checks that every attempt was refused
+/// (with `ESRCH` or `ENOENT` only, i.e. by the namespaces, when `by_namespaces`), that the
+/// sandbox's init survived, and that the spawner thread and the reaper are the same, alive,
+/// and still start and guard new sandboxes.
+async fn spawner_unreachable_from(label: &str, profile: Profile, by_namespaces: bool) {
+    // The spawner thread and the reaper exist once this process has started a sandbox.
+    let mut r = SandboxRunner::new(profile.clone(), "/bin/true", Vec::<String>::new()).unwrap();
+    r.start().await.unwrap();
+    assert!(r.wait().await.unwrap().success(), "{label}");
+    drop(r);
+    let host = std::process::id() as i32;
+    let spawner = spawner_tid(host).expect("no sandbox-spawner thread");
+    let (reaper, host_end, reaper_end) = reaper_of(host).expect("no reaper for this host");
+    let reaper_start = sandbox_runner::state::start_time(reaper).unwrap();
+    // Its socket is unnamed: no path and no abstract name leads to it.
+    let socks = unix_sockets();
+    for ino in [host_end, reaper_end] {
+        assert_eq!(
+            socks[&ino].name, None,
+            "{label}: reaper socket {ino} has a name"
+        );
+    }
+    let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let args = [
+        "-c".to_owned(),
+        REACH.to_owned(),
+        host.to_string(),
+        spawner.to_string(),
+        reaper.to_string(),
+        host_ns.to_string_lossy().into_owned(),
+        host_end.to_string(),
+        reaper_end.to_string(),
+    ];
+    let mut r = SandboxRunner::new(profile.clone(), "/usr/bin/python3", args).unwrap();
+    r.start().await.unwrap();
+    let mut out = String::new();
+    r.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    let mut err = String::new();
+    r.stderr().unwrap().read_to_string(&mut err).await.unwrap();
+    let st = r.wait().await.unwrap();
+    drop(r);
+    assert!(st.success(), "{label}: {st}\n{out}\n{err}");
+    assert!(!out.contains("NOT-ISOLATED"), "{label}:\n{out}");
+    assert!(
+        !out.contains("ALLOWED"),
+        "{label}: reached the host:\n{out}"
+    );
+    assert!(out.contains("SURVIVED"), "{label}: the init died:\n{out}");
+    let attempts: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ATTEMPTS "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{label}: the probe did not finish:\n{out}\n{err}"));
+    let refused: Vec<&str> = out.lines().filter(|l| l.starts_with("REFUSED ")).collect();
+    assert_eq!(refused.len(), attempts, "{label}:\n{out}");
+    assert!(
+        attempts >= 3 * 29,
+        "{label}: only {attempts} attempts:\n{out}"
+    );
+    if by_namespaces {
+        // With no seccomp filter, no Landlock and the capabilities kept, only the PID and
+        // mount namespaces stand between the probe and the host: the pids do not exist.
+        let other: Vec<&&str> = refused
+            .iter()
+            .filter(|l| !l.starts_with("REFUSED connect "))
+            .filter(|l| !l.ends_with(" ESRCH") && !l.ends_with(" ENOENT"))
+            .collect();
+        assert!(other.is_empty(), "{label}: refused otherwise: {other:?}");
+    }
+    // The same spawner thread and the same reaper, alive and still this host's.
+    assert_eq!(spawner_tid(host), Some(spawner), "{label}: spawner thread");
+    assert!(running(reaper), "{label}: the reaper {reaper} died");
+    assert_eq!(
+        sandbox_runner::state::start_time(reaper),
+        Some(reaper_start),
+        "{label}: reaper"
+    );
+    assert_eq!(
+        reaper_of(host),
+        Some((reaper, host_end, reaper_end)),
+        "{label}: the reaper lost its socket"
+    );
+    // And a new sandbox starts.
+    let mut r = SandboxRunner::new(profile, "/bin/sh", ["-c", "echo again"]).unwrap();
+    r.start().await.unwrap();
+    let mut again = String::new();
+    r.stdout()
+        .unwrap()
+        .read_to_string(&mut again)
+        .await
+        .unwrap();
+    assert!(r.wait().await.unwrap().success(), "{label}");
+    assert_eq!(again, "again\n", "{label}");
+    println!(
+        "{label}: {attempts} attempts refused, spawner {spawner} and reaper {reaper} unharmed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spawner_and_reaper_cannot_be_reached_or_signalled_from_inside() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    spawner_unreachable_from("default", Profile::builtin("default").unwrap(), false).await;
+    // CAP_SYS_PTRACE and CAP_KILL kept, Landlock off.
+    let caps = "extends = \"default\"\n\
+                keep_capabilities = [\"CAP_SYS_PTRACE\", \"CAP_KILL\"]\n\
+                [landlock]\nmode = \"off\"\n";
+    spawner_unreachable_from(
+        "ptrace+kill, no landlock",
+        Profile::from_toml_str(caps, "test").unwrap(),
+        false,
+    )
+    .await;
+    // And with no seccomp filter either: the namespaces alone.
+    let bare = format!("{caps}[seccomp]\nenabled = false\n");
+    spawner_unreachable_from(
+        "ptrace+kill, no landlock, no seccomp",
+        Profile::from_toml_str(&bare, "test").unwrap(),
+        true,
+    )
+    .await;
+    before.assert_unchanged();
+}
+
+// ---------------------------------------------------------------------------------------
+// A library host SIGKILLed
+// ---------------------------------------------------------------------------------------
+
+/// Set in the environment of this test binary when it is re-run as a library host.
+const LIBRARY_HOST: &str = "SANDBOX_TEST_LIBRARY_HOST";
+
+/// The sandboxes the library host starts: two with the default profile and one with the
+/// go-plugin profile (a state directory holding the socket directory, which the plugin fills
+/// with a socket and a small tree). Each prints one line once it runs.
+fn library_host_sandboxes() -> Vec<(Profile, &'static str, Vec<&'static str>)> {
+    let sh = vec!["-c", "echo up; exec sleep 100"];
+    let default = || Profile::builtin("default").unwrap();
+    vec![
+        (default(), "/bin/sh", sh.clone()),
+        (default(), "/bin/sh", sh),
+        (
+            Profile::builtin("go-plugin").unwrap(),
+            "/usr/bin/python3",
+            vec![
+                "-c",
+                "import os, socket, time\n\
+                 d = os.environ['PLUGIN_UNIX_SOCKET_DIR']\n\
+                 s = socket.socket(socket.AF_UNIX); s.bind(d + '/p.sock'); s.listen()\n\
+                 os.makedirs(d + '/a/b/c'); open(d + '/a/b/c/f', 'w').write('x')\n\
+                 print('up', flush=True)\n\
+                 time.sleep(100)",
+            ],
+        ),
+    ]
+}
+
+/// Not a test of its own: the library host of
+/// [`a_sigkilled_library_host_leaves_nothing_within_two_seconds`], which re-runs this test
+/// binary with [`LIBRARY_HOST`] set and only this test selected. It starts the sandboxes of
+/// [`library_host_sandboxes`], prints `SANDBOX <id> <init pid>` for each once its plugin
+/// runs, then `READY`, and waits to be SIGKILLed. Without [`LIBRARY_HOST`] it does nothing.
+#[test]
+fn library_host_entry_for_the_sigkill_test() {
+    if std::env::var_os(LIBRARY_HOST).is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut alive = Vec::new();
+        for (profile, program, args) in library_host_sandboxes() {
+            let mut r = SandboxRunner::new(profile, program, args).unwrap();
+            r.start().await.unwrap();
+            let mut line = String::new();
+            BufReader::new(r.stdout().unwrap())
+                .read_line(&mut line)
+                .await
+                .unwrap();
+            assert_eq!(line, "up\n");
+            println!("SANDBOX {} {}", r.id(), r.init_pid().unwrap());
+            alive.push(r);
+        }
+        println!("READY");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// A child process SIGKILLed and reaped when dropped, so that a failing test leaves no host
+/// running behind it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host process that uses the library, SIGKILLed with three sandboxes running: within
+/// 2 s, with no later start and no `check --cleanup`, every process of every sandbox is gone,
+/// and so are their cgroups (below this process's own cgroups, in every hierarchy), their
+/// owner records, their state and socket directories, and the host's reaper itself.
+#[test]
+fn a_sigkilled_library_host_leaves_nothing_within_two_seconds() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    let records = sandbox_runner::cgroup::records_dir();
+    let state = sandbox_runner::state::state_root();
+    let mut host = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "library_host_entry_for_the_sigkill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(LIBRARY_HOST, "1")
+            .env_remove("PLUGIN_UNIX_SOCKET_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let host_pid = host.0.id() as i32;
+    let mut ids = Vec::new();
+    let mut inits = Vec::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(host.0.stdout.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        // libtest may have printed the test's name on the same line first.
+        if line.ends_with("READY") {
+            break;
+        }
+        if let Some((_, rest)) = line.split_once("SANDBOX ") {
+            let (id, pid) = rest.split_once(' ').unwrap();
+            ids.push(id.to_owned());
+            inits.push(pid.parse::<i32>().unwrap());
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        library_host_sandboxes().len(),
+        "the library host did not start its sandboxes: {:?}",
+        host.0.try_wait()
+    );
+    // Everything it had, to be gone afterwards: every process of every sandbox, their
+    // cgroups, owner records and state directories, and the reaper.
+    let procs: std::collections::BTreeSet<i32> =
+        inits.iter().flat_map(|&p| pids_in_pidns_of(p)).collect();
+    assert!(procs.len() >= 2 * ids.len(), "{procs:?}");
+    let (reaper, _, _) = reaper_of(host_pid).expect("the library host has no reaper");
+    let named = |dirs: &std::collections::BTreeSet<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        dirs.iter()
+            .filter(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| ids.iter().any(|id| n.starts_with(id.as_str())))
+            })
+            .cloned()
+            .collect()
+    };
+    let left = || {
+        let mut left: Vec<String> = Vec::new();
+        left.extend(
+            procs
+                .iter()
+                .filter(|&&p| alive(p))
+                .map(|p| format!("process {p}")),
+        );
+        if alive(reaper) {
+            left.push(format!("reaper {reaper}"));
+        }
+        let cgroups = own_cgroup_dirs();
+        let files: std::collections::BTreeSet<std::path::PathBuf> = entries(&records)
+            .into_iter()
+            .map(|n| records.join(n))
+            .chain(entries(&state).into_iter().map(|n| state.join(n)))
+            .collect();
+        left.extend(named(&cgroups).iter().map(|d| d.display().to_string()));
+        left.extend(named(&files).iter().map(|d| d.display().to_string()));
+        left
+    };
+    // It really had something to leave: a cgroup in each limited hierarchy and a record per
+    // sandbox, and the go-plugin sandbox's state directory with its socket directory.
+    let had = left();
+    for id in &ids {
+        assert!(
+            entries(&records).contains(std::ffi::OsStr::new(&format!("{id}.json"))),
+            "no owner record for {id}: {had:?}"
+        );
+        assert!(
+            named(&own_cgroup_dirs()).iter().any(|d| d.ends_with(id)),
+            "no cgroup for {id}: {had:?}"
+        );
+    }
+    let sock_dir = state.join(&ids[2]).join("sock");
+    assert!(sock_dir.join("p.sock").exists(), "{had:?}");
+    let _ = host.0.kill();
+    host.0.wait().unwrap();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(2);
+    loop {
+        let now = left();
+        if now.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 s after the library host's SIGKILL, left: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{} sandboxes, {} processes, {} paths: nothing left {:?} after the SIGKILL",
+        ids.len(),
+        procs.len(),
+        had.len() - procs.len() - 1,
+        killed.elapsed()
+    );
+    drop(lines);
+    before.assert_unchanged();
 }
