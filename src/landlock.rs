@@ -155,7 +155,8 @@ impl LandlockPlan {
                 | OpKind::Touch
                 | OpKind::Symlink
                 | OpKind::ReadOnly
-                | OpKind::BindIfExists { .. } => continue,
+                | OpKind::BindIfExists { .. }
+                | OpKind::MaskDir => continue,
             };
             let path = PathBuf::from(std::ffi::OsStr::new(
                 std::str::from_utf8(op.dst.as_bytes())

@@ -210,8 +210,31 @@ impl RootBuilder {
                     let x = d.join(sub);
                     self.push(OpKind::BindIfExists { attrs: ro }, &x, &x, "", 0)?;
                 }
-                // ... and hidden (an empty /dev/null in their place):
-                for sub in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+                // ... and hidden (an empty /dev/null in their place): what Docker hides, and
+                // the host-wide views of memory, slabs, keys and pressure that an
+                // unprivileged plugin could still read (or, as uid 0, always could).
+                for sub in [
+                    "kcore",
+                    "keys",
+                    "key-users",
+                    "timer_list",
+                    "timer_stats",
+                    "sched_debug",
+                    "latency_stats",
+                    "kallsyms",
+                    "kpageflags",
+                    "kpagecount",
+                    "kpagecgroup",
+                    "slabinfo",
+                    "vmallocinfo",
+                    "zoneinfo",
+                    "pagetypeinfo",
+                    "buddyinfo",
+                    "iomem",
+                    "ioports",
+                    // This workplace's VMs: host program names and CPU times.
+                    "program_cpu",
+                ] {
                     let x = d.join(sub);
                     self.push(
                         OpKind::BindIfExists { attrs: ro },
@@ -220,6 +243,11 @@ impl RootBuilder {
                         "",
                         0,
                     )?;
+                }
+                // Directories of host-wide data: an empty read-only tmpfs over each.
+                for sub in ["pressure", "acpi", "asound", "scsi", "driver"] {
+                    let x = d.join(sub);
+                    self.push(OpKind::MaskDir, Path::new("tmpfs"), &x, "", 0)?;
                 }
                 Ok(())
             }

@@ -270,6 +270,7 @@ impl Plan {
                 net: ns.net,
                 ipc: ns.ipc,
                 uts: ns.uts,
+                cgroup: ns.cgroup,
             },
             userns,
             id_range,

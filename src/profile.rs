@@ -424,6 +424,10 @@ pub struct Namespaces {
     /// A new UTS namespace (`CLONE_NEWUTS`) with the profile's hostname.
     #[serde(default = "yes")]
     pub uts: bool,
+    /// A new cgroup namespace (`CLONE_NEWCGROUP`), rooted at the sandbox's own cgroup once
+    /// it is placed there: `/proc/self/cgroup` shows `/`, not the host's cgroup paths.
+    #[serde(default = "yes")]
+    pub cgroup: bool,
 }
 
 impl Default for Namespaces {
@@ -434,6 +438,7 @@ impl Default for Namespaces {
             net: true,
             ipc: true,
             uts: true,
+            cgroup: true,
         }
     }
 }

@@ -1659,3 +1659,101 @@ fn escape_dev_is_read_only_and_shm_bounded() {
     );
     assert!(out.contains("null-ok"), "{out}");
 }
+
+// ------------------------------------------------------------------------------------
+// Host-wide /proc files (issue 12): masked by name, whatever the plugin's ids.
+// ------------------------------------------------------------------------------------
+
+/// The host-wide `/proc` files a plugin must not read: memory and page maps, slabs, keys,
+/// pressure, zones, I/O maps, and this workplace's VM's `program_cpu`.
+const HOST_WIDE_PROC: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "sched_debug",
+    "kallsyms",
+    "kpageflags",
+    "kpagecount",
+    "kpagecgroup",
+    "slabinfo",
+    "vmallocinfo",
+    "zoneinfo",
+    "pagetypeinfo",
+    "buddyinfo",
+    "iomem",
+    "ioports",
+    "program_cpu",
+    "pressure/cpu",
+    "pressure/memory",
+    "pressure/io",
+];
+
+#[test]
+fn escape_host_wide_proc_files_are_masked() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    // The control: on the host, root reads something from each file this kernel has (a
+    // masked file reads empty or not at all inside, so a file empty on the host too could
+    // not tell).
+    let present: Vec<&str> = HOST_WIDE_PROC
+        .iter()
+        .copied()
+        .filter(|f| {
+            std::fs::File::open(format!("/proc/{f}"))
+                .and_then(|mut h| {
+                    let mut b = [0u8; 64];
+                    std::io::Read::read(&mut h, &mut b)
+                })
+                .is_ok_and(|n| n > 0)
+        })
+        .collect();
+    assert!(
+        present.len() >= 8,
+        "too few host-wide /proc files readable on the host to test: {present:?}"
+    );
+    let mut body = String::from("for f in [");
+    for f in &present {
+        body.push_str(&format!("'{f}', "));
+    }
+    body.push_str(
+        "]:\n    try:\n        n = len(open('/proc/' + f, 'rb').read(4096))\n        \
+         print(f, 'LEN', n)\n    except OSError as e:\n        \
+         print(f, 'ERR', errno.errorcode.get(e.errno, e.errno))\n",
+    );
+    let out = py_run(&body);
+    for f in &present {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(f))
+            .unwrap_or_else(|| panic!("no result for {f}: {out}"));
+        assert!(
+            line.ends_with("LEN 0") || line.contains(" ERR "),
+            "/proc/{f} shows host data inside: {line}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn escape_proc_self_cgroup_shows_no_host_path() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let probe = "print(open('/proc/self/cgroup').read(), end='')";
+    let out = py_run(probe);
+    for l in out.lines().filter(|l| *l != "END") {
+        assert!(l.ends_with(":/"), "a host cgroup path shows inside: {out}");
+    }
+    // The control: without the cgroup namespace, the same probe names the sandbox's cgroup.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(&p, "extends = \"default\"\n[namespaces]\ncgroup = false\n").unwrap();
+    let out = py_in(Some(p.to_str().unwrap()), probe);
+    assert!(
+        out.contains("/sandbox-runner/sbx-"),
+        "the control does not show the sandbox's cgroup: {out}"
+    );
+}

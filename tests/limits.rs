@@ -199,9 +199,20 @@ fn plugin_is_in_its_cgroup_from_its_first_instruction() {
     if !privileged() {
         return;
     }
+    // The default profile's cgroup namespace shows the sandbox its own cgroup as `/`: this
+    // check looks without it (then at that namespace below).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("no-cgroupns.toml");
+    std::fs::write(&p, "extends = \"default\"\n[namespaces]\ncgroup = false\n").unwrap();
     let before = HostState::take();
     // cat's first act is reading its own cgroup membership.
-    let o = run(&["--", "cat", "/proc/self/cgroup"]);
+    let o = run(&[
+        "--profile",
+        p.to_str().unwrap(),
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]);
     before.assert_unchanged();
     let out = stdout(&o);
     let lines: Vec<&str> = out
@@ -222,6 +233,13 @@ fn plugin_is_in_its_cgroup_from_its_first_instruction() {
             placed.len() >= 2,
             "not in the sandbox's memory and pids cgroups: {out}"
         );
+    }
+    // With the default profile, its cgroup namespace is rooted there: no host path shows.
+    let o = run(&["--", "cat", "/proc/self/cgroup"]);
+    let out = stdout(&o);
+    assert!(!out.is_empty(), "{}", stderr(&o));
+    for l in out.lines() {
+        assert!(l.ends_with(":/"), "a host cgroup path shows inside: {out}");
     }
 }
 

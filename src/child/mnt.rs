@@ -54,6 +54,9 @@ pub(crate) enum OpKind {
     },
     /// `symlink(src, dst)`.
     Symlink,
+    /// An empty, read-only tmpfs over the directory `dst`, when it exists (a `/proc`
+    /// directory of host-wide data a kernel may not have).
+    MaskDir,
     /// Make the mount at `dst` (only that one, not below) read-only.
     ReadOnly,
 }
@@ -213,6 +216,20 @@ unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
             ))
             .map(drop),
             OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
+            OpKind::MaskDir => {
+                if libc::mount(
+                    c"tmpfs".as_ptr(),
+                    op.dst.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=0,mode=555".as_ptr().cast(),
+                ) == -1
+                {
+                    let e = Errno::last();
+                    return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct NsFlags {
     pub ipc: bool,
     /// UTS namespace.
     pub uts: bool,
+    /// cgroup namespace, entered by the init once it is in its cgroup (`unshare`).
+    pub cgroup: bool,
 }
 
 /// The C strings the child passes to system calls.

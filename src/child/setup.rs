@@ -127,6 +127,13 @@ pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
                 fail(e, Step::Ids, err)
             }
         }
+        // The host placed us in the sandbox's cgroup before the go: a cgroup namespace made
+        // now is rooted there, so the sandbox sees `/` and no host cgroup path.
+        if plan.ns.cgroup {
+            if let Err(err) = check(libc::unshare(libc::CLONE_NEWCGROUP)) {
+                fail(e, Step::CgroupNs, err)
+            }
+        }
         if plan.new_session {
             if let Err(err) = check(libc::setsid()) {
                 fail(e, Step::Setsid, err)

@@ -64,10 +64,12 @@ pub enum Step {
     /// Becoming root of the sandbox's user namespace (groups, gids, uids), once the host has
     /// written the maps of its id range.
     Ids = 27,
+    /// `unshare(CLONE_NEWCGROUP)`: a cgroup namespace rooted at the sandbox's cgroup.
+    CgroupNs = 28,
 }
 
 impl Step {
-    const ALL: [Step; 27] = [
+    const ALL: [Step; 28] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -95,6 +97,7 @@ impl Step {
         Step::Seccomp,
         Step::InitExec,
         Step::Ids,
+        Step::CgroupNs,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -132,6 +135,7 @@ impl Step {
             Step::Seccomp => "install the seccomp filter",
             Step::InitExec => "execute sandbox-init",
             Step::Ids => "become root of the user namespace",
+            Step::CgroupNs => "enter a new cgroup namespace",
         }
     }
 }
