@@ -305,3 +305,151 @@ fn files_a_plugin_makes_in_its_socket_directory_are_its_own_not_roots() {
         r.wait().await.unwrap();
     });
 }
+
+fn cli_with_socket_dir(dir: &str, script: &str) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args([
+            "--profile",
+            "go-plugin",
+            "--stdin",
+            "null",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("PLUGIN_UNIX_SOCKET_DIR", dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_hosts_plugin_unix_socket_dir_gives_each_sandbox_a_directory_of_its_own() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    // Bad values are refused, naming the variable, the value and the cause.
+    let o = cli_with_socket_dir("relative/dir", "true");
+    assert_eq!(o.status.code(), Some(125));
+    let err = stderr(&o);
+    assert!(
+        err.contains("PLUGIN_UNIX_SOCKET_DIR=relative/dir") && err.contains("relative"),
+        "{err}"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let o = cli_with_socket_dir(file.path().to_str().unwrap(), "true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("not a directory"), "{}", stderr(&o));
+    let o = cli_with_socket_dir("/nonexistent/sock-dir", "true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("/nonexistent/sock-dir"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A good one: each sandbox works in a directory of its own in it, and sees nothing of
+    // what another one made there (nor the host's own files).
+    let host = tempfile::tempdir_in("/var/tmp").unwrap();
+    let d = host.path().to_str().unwrap();
+    std::fs::write(host.path().join("host-secret.sock"), "host").unwrap();
+    let mut first = std::process::Command::new(bin())
+        .args([
+            "--profile",
+            "go-plugin",
+            "--stdin",
+            "null",
+            "--",
+            "sh",
+            "-c",
+            // (stderr: with a socket directory, stdout is for a go-plugin handshake)
+            "touch \"$PLUGIN_UNIX_SOCKET_DIR/first\" && echo made >&2 && sleep 5",
+        ])
+        .env("PLUGIN_UNIX_SOCKET_DIR", d)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "made");
+    let o = cli_with_socket_dir(d, "ls -A \"$PLUGIN_UNIX_SOCKET_DIR\" >&2; echo END >&2");
+    assert_eq!(
+        stderr(&o),
+        "END\n",
+        "a sandbox sees another's or the host's files"
+    );
+    // On the host, the first sandbox's file is in a directory named after it.
+    let subdirs: Vec<_> = std::fs::read_dir(host.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("first").exists())
+        .collect();
+    assert_eq!(subdirs.len(), 1, "the first sandbox's directory");
+    assert!(subdirs[0].file_name().to_string_lossy().starts_with("sbx-"));
+    // It goes with its sandbox; the host's own files stay.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while subdirs[0].path().exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !subdirs[0].path().exists(),
+        "the sandbox's directory stayed"
+    );
+    assert!(host.path().join("host-secret.sock").exists());
+}
+
+#[test]
+fn rlimit_nproc_now_limits_the_plugin() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    // Root is exempt from RLIMIT_NPROC; the plugin, an unprivileged host id, is not.
+    let dir = tempfile::tempdir().unwrap();
+    let script = "i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done 2>&1 | \
+                  grep -c 'fork\\|Resource' ; echo END";
+    let mk = |name: &str, extra: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!("extends = \"default\"\n{extra}[rlimits]\nnproc = 10\n"),
+        )
+        .unwrap();
+        p
+    };
+    let limited = mk("limited.toml", "");
+    let o = run(&[
+        "--profile",
+        limited.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let refused: u32 = stdout(&o)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "40 processes under nproc = 10: {}", stdout(&o));
+    // The control: as host root (userns = false), the same limit does not bite.
+    let root = mk("root.toml", "userns = false\n");
+    let o = run(&[
+        "--profile",
+        root.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        stdout(&o).lines().next().map(str::trim),
+        Some("0"),
+        "host root was limited: {}",
+        stdout(&o)
+    );
+}
