@@ -230,8 +230,15 @@ fn forced_rootless_as_root_maps_root_to_root_and_keeps_the_limits() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert_probe(&out, 0);
+    // Without the cgroup namespace (which shows the sandbox its own cgroup as `/`), the
+    // plugin's cgroup is named.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(&p, "extends = \"default\"\n[namespaces]\ncgroup = false\n").unwrap();
     let o = Command::new(bin())
         .args([
+            "--profile",
+            p.to_str().unwrap(),
             "--rootless",
             "--pids",
             "7",
