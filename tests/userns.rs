@@ -453,3 +453,59 @@ fn rlimit_nproc_now_limits_the_plugin() {
         stdout(&o)
     );
 }
+
+/// Adds inotify watches (one per new file) until the kernel refuses, reports how many, and
+/// holds them.
+const WATCH_HOG: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+os.makedirs('/tmp/w', exist_ok=True)
+n = 0
+while True:
+    p = '/tmp/w/%d' % n
+    open(p, 'w').close()
+    if libc.inotify_add_watch(fd, p.encode(), 2) < 0:
+        break
+    n += 1
+print(n, os.strerror(ctypes.get_errno()), flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn a_plugin_that_takes_every_inotify_watch_leaves_host_roots_alone() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    rt().block_on(async {
+        let (mut r, line) = start_prog(
+            Profile::builtin("default").unwrap(),
+            "/usr/bin/python3",
+            &["-c", WATCH_HOG],
+        )
+        .await;
+        let got: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            line.contains("No space left on device") && got > 0,
+            "the plugin did not exhaust its watches: {line}"
+        );
+        // Host root still adds one while the plugin holds every watch it could get.
+        let host = tempfile::NamedTempFile::new().unwrap();
+        // SAFETY: inotify_init1 returns a new fd we own, or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let path = std::ffi::CString::new(host.path().to_str().unwrap()).unwrap();
+        // SAFETY: a live NUL-terminated path and our own inotify fd.
+        let wd = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MODIFY) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closes the fd made above.
+        unsafe { libc::close(fd) };
+        assert!(
+            wd >= 0,
+            "host root's inotify_add_watch failed while the plugin holds {got}: {err}"
+        );
+        r.take_stdin().unwrap().write_all(b"\n").await.unwrap();
+        r.wait().await.unwrap();
+    });
+}
