@@ -7,8 +7,9 @@
 //! 1. `baseline`: `tokio::process::Command::new("/bin/sleep").arg("1000").spawn()`, all three
 //!    standard streams on `/dev/null`.
 //! 2. `library`: `SandboxRunner::new` + `Runner::start` with the built-in `default` profile
-//!    (loaded once; private root, cgroup memory and pids limits, seccomp, Landlock, ...) and
-//!    all three standard streams on `/dev/null`.
+//!    (loaded once; private root, cgroup memory and pids limits, seccomp, Landlock, ...; or
+//!    the profile `SCALE_PROFILE` names, e.g. `go-plugin`, whose sandboxes each have a state
+//!    and socket directory) and all three standard streams on `/dev/null`.
 //!
 //! Each way runs two rounds of N (`SCALE_N`, default 500), after one untimed warm-up start of
 //! each way (so the library's spawner thread and the runtime exist before the "before"
@@ -61,16 +62,40 @@
 //! before it). The exit statuses are counted and printed (what a SIGTERM'd `sleep` in a
 //! sandbox ends with).
 //!
+//! **Marginal** (`SCALE_MODES=marginal`, not in the default): what one more start costs with
+//! N alive against with none, the issue's "a start with 500 alive costs at most 1.5x a start
+//! with none". `SCALE_PROBES` (default 50) starts, each killed and waited for before the
+//! next, with no sandbox alive; then N sandboxes started and held; the same probes with the
+//! N alive; then, the N killed, the probes with none alive again (the difference between the
+//! two "none" parts is the machine's drift). Per part: the median start latency, the median
+//! of each start phase span, and the host's CPU time per probe. Each part's start and end are
+//! printed on stderr in `CLOCK_MONOTONIC` seconds for `perf report --time`.
+//!
 //! Nothing is asserted on timings; a start that fails is counted and its error printed (with
 //! the step and errno the library reports), and the round goes on with the sandboxes that did
 //! start. Every phase is bounded by `SCALE_TIMEOUT_SECS` (default 120). Each phase's start
 //! and end are printed on stderr in `CLOCK_MONOTONIC` seconds, to cut a system-wide
 //! `perf record -a -k CLOCK_MONOTONIC` profile with `perf report --time`.
 //!
+//! **Start phases**: the library's own `tracing` spans (`start/plan`, `setup`, `cgroup`,
+//! `clone`, `exec`, see the README's Logging), timed by a small layer of this bench, as the
+//! median of the first and of the last tenth of a round's starts and their ratio: the phase
+//! whose ratio grows is the one whose cost depends on the number of sandboxes alive.
+//!
+//! **A host with a big heap** (`SCALE_HEAP_MIB`, default 0: none): before anything else the
+//! bench allocates that many MiB, touches every page, and a thread of its own keeps writing
+//! one byte of every page, pass after pass (a pause of `SCALE_HEAP_PAUSE_MS`, default 10,
+//! between passes), for the whole run: a sandbox that copied or pinned the host's memory
+//! would show in the system's `MemAvailable` drop per sandbox (the heap itself is allocated
+//! before every round's snapshot). The number of passes is printed with the report. The
+//! writer's own CPU time counts in the host's CPU figures (`getrusage` of the process).
+//!
 //! Run it as root from the repository root: `cargo bench --bench scale`. Knobs: `SCALE_N`
-//! (default 500), `SCALE_MODES` (`concurrent,sequential`, the default, or one of them),
-//! `SCALE_IDLE_SECS` (2), `SCALE_TIMEOUT_SECS` (120). The runtime is a two-worker
-//! multi-thread tokio runtime, as in `benches/start.rs`.
+//! (default 500), `SCALE_MODES` (`concurrent,sequential`, the default, or a list of
+//! `concurrent`, `sequential`, `marginal`), `SCALE_IDLE_SECS` (2), `SCALE_TIMEOUT_SECS`
+//! (120), `SCALE_HEAP_MIB` (0), `SCALE_HEAP_PAUSE_MS` (10), `SCALE_PROBES` (50),
+//! `SCALE_PROFILE` (`default`). The runtime is a two-worker multi-thread tokio runtime, as in
+//! `benches/start.rs`.
 
 mod common;
 use common::{loadavg, machine};
@@ -99,6 +124,7 @@ const SLEEP_ARG: &str = "1000";
 enum Mode {
     Concurrent,
     Sequential,
+    Marginal,
 }
 
 impl Mode {
@@ -106,6 +132,7 @@ impl Mode {
         match self {
             Mode::Concurrent => "concurrent",
             Mode::Sequential => "sequential",
+            Mode::Marginal => "marginal",
         }
     }
 }
@@ -130,7 +157,120 @@ struct Config {
     modes: Vec<Mode>,
     idle: Duration,
     timeout: Duration,
+    /// `SCALE_PROFILE`: a built-in profile's name or a profile file (default `default`).
+    profile_name: String,
     profile: Profile,
+    /// The host's heap kept written during the run, in MiB (0: none).
+    heap_mib: u64,
+    heap_pause: Duration,
+    /// Starts per part of the marginal mode.
+    probes: usize,
+}
+
+// ---------------------------------------------------------------------------------------
+// a host with a big heap
+
+/// A heap of the host's, every page touched, that a thread keeps writing until dropped.
+struct Heap {
+    stop: Arc<AtomicBool>,
+    passes: Arc<std::sync::atomic::AtomicU64>,
+    writer: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Heap {
+    fn start(mib: u64, pause: Duration) -> Heap {
+        // Non-zero fill: every page is written (and so resident) before the first snapshot.
+        let mut heap = vec![1u8; (mib as usize) << 20];
+        let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = {
+            let (stop, passes) = (stop.clone(), passes.clone());
+            std::thread::Builder::new()
+                .name("heap-writer".into())
+                .spawn(move || {
+                    let mut round = 1u8;
+                    while !stop.load(Ordering::Relaxed) {
+                        round = round.wrapping_add(1);
+                        for page in heap.chunks_mut(4096) {
+                            // SAFETY: a live, exclusively owned byte; volatile so the writes
+                            // are not elided.
+                            unsafe { std::ptr::write_volatile(&mut page[0], round) };
+                        }
+                        passes.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(pause);
+                    }
+                    heap
+                })
+                .unwrap_or_else(|e| fail(format!("heap writer thread: {e}")))
+        };
+        Heap {
+            stop,
+            passes,
+            writer: Some(writer),
+        }
+    }
+
+    fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.writer.take() {
+            drop(w.join());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// start phases, from the library's tracing spans
+
+/// A `tracing` layer that times every span of the library from creation to close and keeps
+/// (name, duration) in close order.
+struct Phases;
+
+/// When a span was created.
+struct Opened(Instant);
+
+static PHASES: std::sync::Mutex<Vec<(&'static str, Duration)>> = std::sync::Mutex::new(Vec::new());
+
+impl<S> tracing_subscriber::Layer<S> for Phases
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Opened(Instant::now()));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        if !span.metadata().target().starts_with("sandbox_runner") {
+            return;
+        }
+        let opened = span.extensions().get::<Opened>().map(|o| o.0);
+        if let Some(t) = opened {
+            PHASES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((span.name(), t.elapsed()));
+        }
+    }
+}
+
+/// The phases recorded since the last call.
+fn take_phases() -> Vec<(&'static str, Duration)> {
+    std::mem::take(&mut *PHASES.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -508,6 +648,8 @@ struct Started {
     errors: BTreeMap<String, usize>,
     wall: Duration,
     timed_out: bool,
+    /// The library's start phases (span name, duration), in close order.
+    phases: Vec<(&'static str, Duration)>,
 }
 
 async fn start_all(cfg: &Config, way: Way, mode: Mode) -> Started {
@@ -517,8 +659,9 @@ async fn start_all(cfg: &Config, way: Way, mode: Mode) -> Started {
     let mut timed_out = false;
     let cpu0 = host_cpu();
     let t0 = Instant::now();
+    take_phases();
     match mode {
-        Mode::Sequential => {
+        Mode::Sequential | Mode::Marginal => {
             let deadline = tokio::time::Instant::now() + cfg.timeout;
             for _ in 0..cfg.n {
                 let t = Instant::now();
@@ -577,6 +720,7 @@ async fn start_all(cfg: &Config, way: Way, mode: Mode) -> Started {
         errors,
         wall,
         timed_out,
+        phases: take_phases(),
     }
 }
 
@@ -796,7 +940,7 @@ async fn kill_all(cfg: &Config, alive: Vec<Alive>, mode: Mode) -> Killed {
     let deadline = tokio::time::Instant::now() + cfg.timeout;
     let mut samples: Vec<(usize, KillSample)> = Vec::new();
     match mode {
-        Mode::Sequential => {
+        Mode::Sequential | Mode::Marginal => {
             let sb = sandboxes.iter().map(|(r, _)| r.clone()).enumerate();
             for (i, r) in sb {
                 match tokio::time::timeout_at(deadline, kill_sandbox(r)).await {
@@ -973,7 +1117,7 @@ async fn round(cfg: &Config, way: Way, mode: Mode) -> Round {
     }
 }
 
-fn print_report(cfg: &Config, rounds: &[Round], load_before: &str) {
+fn print_report(cfg: &Config, rounds: &[Round], load_before: &str, heap_passes: u64) {
     let base = |mode: Mode| {
         rounds
             .iter()
@@ -981,14 +1125,23 @@ fn print_report(cfg: &Config, rounds: &[Round], load_before: &str) {
     };
     println!();
     println!(
-        "scale: {} sandboxes of `{SLEEP} {SLEEP_ARG}` alive at once — {} — default profile, \
+        "scale: {} sandboxes of `{SLEEP} {SLEEP_ARG}` alive at once — {} — profile {}, \
          tokio multi-thread runtime with 2 workers, one host process; load average {} \
          before, {} after",
         cfg.n,
         machine(),
+        cfg.profile_name,
         load_before,
         loadavg()
     );
+    if cfg.heap_mib > 0 {
+        println!();
+        println!(
+            "The host holds a {} MiB heap, every page touched, that a thread kept writing \
+             (one byte per page, a pause of {:?} between passes): {} passes in all.",
+            cfg.heap_mib, cfg.heap_pause, heap_passes
+        );
+    }
     println!();
     println!("### Start");
     println!();
@@ -1026,6 +1179,45 @@ fn print_report(cfg: &Config, rounds: &[Round], load_before: &str) {
             fmt_time(Some(per(s.host_cpu))),
             fmt_time(Some(per(r.res.child_cpu))),
         );
+    }
+
+    println!();
+    println!("### Start phases (library, from its tracing spans, in close order)");
+    println!();
+    println!(
+        "| mode | phase | samples | median | median first 10% | median last 10% | \
+         last / first |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in rounds.iter().filter(|r| r.way == Way::Library) {
+        for phase in ["plan", "setup", "cgroup", "clone", "exec", "start"] {
+            let v: Vec<Duration> = r
+                .started
+                .phases
+                .iter()
+                .filter(|(n, _)| *n == phase)
+                .map(|(_, d)| *d)
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            let tenth = (v.len() / 10).max(1);
+            let (first, last) = (median(&v[..tenth]), median(&v[v.len() - tenth..]));
+            let mut sorted = v.clone();
+            sorted.sort_unstable();
+            println!(
+                "| {} | {phase} | {} | {} | {} | {} | {} |",
+                r.mode.label(),
+                v.len(),
+                fmt_time(pct(&sorted, 0.5)),
+                fmt_time(first),
+                fmt_time(last),
+                match (first, last) {
+                    (Some(f), Some(l)) => fmt_ratio(l.as_secs_f64(), f.as_secs_f64()),
+                    _ => "n/a".into(),
+                }
+            );
+        }
     }
 
     println!();
@@ -1183,7 +1375,147 @@ fn print_report(cfg: &Config, rounds: &[Round], load_before: &str) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// marginal: one start with none alive against one start with N alive
+
+/// One probe part: `probes` starts, each killed and waited for before the next, with a
+/// given number of sandboxes alive meanwhile.
+struct Probes {
+    alive: usize,
+    latencies: Vec<Duration>,
+    /// Per start phase name, one duration per probe.
+    phases: BTreeMap<&'static str, Vec<Duration>>,
+    /// CPU time of this process per probe (start and kill).
+    host_cpu: Duration,
+    /// CPU time of the sandbox processes per probe (`RUSAGE_CHILDREN`: the init and the
+    /// plugin, reaped at the probe's end; their setup before `execve` included).
+    child_cpu: Duration,
+    errors: BTreeMap<String, usize>,
+}
+
+const PHASE_NAMES: [&str; 6] = ["plan", "setup", "cgroup", "clone", "exec", "start"];
+
+async fn probes(cfg: &Config, alive: usize, label: &str) -> Probes {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "bench scale: marginal: {} probes with {alive} alive ({label}) begin at CLOCK_MONOTONIC \
+         {:.3} s",
+        cfg.probes,
+        monotonic()
+    );
+    let mut out = Probes {
+        alive,
+        latencies: Vec::new(),
+        phases: BTreeMap::new(),
+        host_cpu: Duration::ZERO,
+        child_cpu: Duration::ZERO,
+        errors: BTreeMap::new(),
+    };
+    let cpu0 = host_cpu();
+    let child0 = children_cpu();
+    for _ in 0..cfg.probes {
+        take_phases();
+        let t = Instant::now();
+        match start_one(Way::Library, &cfg.profile).await {
+            Ok(Alive::Sandbox(r)) => {
+                out.latencies.push(t.elapsed());
+                for (name, d) in take_phases() {
+                    out.phases.entry(name).or_default().push(d);
+                }
+                if let Err(e) = r.kill().await {
+                    *out.errors.entry(format!("kill: {e}")).or_insert(0) += 1;
+                }
+                let _ = r.wait().await;
+            }
+            Ok(Alive::Child(_)) => unreachable!(),
+            Err(e) => *out.errors.entry(e).or_insert(0) += 1,
+        }
+    }
+    out.host_cpu = host_cpu().saturating_sub(cpu0) / (cfg.probes.max(1) as u32);
+    out.child_cpu = children_cpu().saturating_sub(child0) / (cfg.probes.max(1) as u32);
+    eprintln!(
+        "bench scale: marginal: {} probes with {alive} alive ({label}) end at CLOCK_MONOTONIC \
+         {:.3} s",
+        cfg.probes,
+        monotonic()
+    );
+    out
+}
+
+/// `SCALE_PROBES` starts with none alive, then N sandboxes started and held, the same probes
+/// with those N alive, then (the N killed) the probes with none alive again, which shows how
+/// much of a difference is drift of the machine rather than the N.
+async fn marginal(cfg: &Config) -> Vec<Probes> {
+    let mut parts = vec![probes(cfg, 0, "before").await];
+    let held = start_all(cfg, Way::Library, Mode::Sequential).await;
+    for (e, c) in &held.errors {
+        eprintln!("bench scale: marginal: holding start failed {c}×: {e}");
+    }
+    let n = held.alive.len();
+    parts.push(probes(cfg, n, "held").await);
+    let _ = kill_all(cfg, held.alive, Mode::Concurrent).await;
+    parts.push(probes(cfg, 0, "after").await);
+    parts
+}
+
+fn print_marginal(cfg: &Config, parts: &[Probes]) {
+    let held = parts.get(1).map(|p| p.alive).unwrap_or(0);
+    println!();
+    println!(
+        "### Marginal start: {} starts (each killed before the next) with none alive, with \
+         {held} alive, and with none alive again (median per start) — {} — profile {} — \
+         load average {}",
+        cfg.probes,
+        machine(),
+        cfg.profile_name,
+        loadavg()
+    );
+    println!();
+    let head: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} alive{}", p.alive, if i == 2 { " (after)" } else { "" }))
+        .collect();
+    println!(
+        "| phase | {} | ratio {held} alive / 0 alive (before) | ratio 0 alive after / before |",
+        head.join(" | "),
+    );
+    println!("|---|{}---:|---:|", "---:|".repeat(parts.len()));
+    let row = |name: &str, pick: &dyn Fn(&Probes) -> Option<Duration>| {
+        let v: Vec<Option<Duration>> = parts.iter().map(pick).collect();
+        let ratio = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => fmt_ratio(a.as_secs_f64(), b.as_secs_f64()),
+            _ => "n/a".into(),
+        };
+        println!(
+            "| {name} | {} | {} | {} |",
+            v.iter()
+                .map(|d| fmt_time(*d))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            ratio(v.get(1).copied().flatten(), v[0]),
+            ratio(v.get(2).copied().flatten(), v[0]),
+        );
+    };
+    row("start latency (bench)", &|p| median(&p.latencies));
+    for name in PHASE_NAMES {
+        row(&format!("span {name}"), &|p| {
+            p.phases.get(name).and_then(|v| median(v))
+        });
+    }
+    row("host CPU per start + kill", &|p| Some(p.host_cpu));
+    row("sandbox processes' CPU per start + kill", &|p| {
+        Some(p.child_cpu)
+    });
+    for p in parts {
+        for (e, c) in &p.errors {
+            println!("  - with {} alive: failed {c}×: {e}", p.alive);
+        }
+    }
+}
+
 async fn bench(cfg: Config) {
+    let heap = (cfg.heap_mib > 0).then(|| Heap::start(cfg.heap_mib, cfg.heap_pause));
     let load_before = loadavg();
     // Warm-up: one of each, so the spawner thread, the runtime's reaper and the cgroup
     // containers exist before the first "before" snapshot.
@@ -1196,13 +1528,26 @@ async fn bench(cfg: Config) {
         }
     }
     let mut rounds = Vec::new();
+    let mut marginal_parts = Vec::new();
     for mode in cfg.modes.clone() {
+        if mode == Mode::Marginal {
+            eprintln!("bench scale: marginal ...");
+            marginal_parts = marginal(&cfg).await;
+            continue;
+        }
         for way in [Way::Baseline, Way::Library] {
             eprintln!("bench scale: {} {} ...", way.label(), mode.label());
             rounds.push(round(&cfg, way, mode).await);
         }
     }
-    print_report(&cfg, &rounds, &load_before);
+    let heap_passes = heap.as_ref().map(Heap::passes).unwrap_or(0);
+    drop(heap);
+    if !rounds.is_empty() {
+        print_report(&cfg, &rounds, &load_before, heap_passes);
+    }
+    if !marginal_parts.is_empty() {
+        print_marginal(&cfg, &marginal_parts);
+    }
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -1220,17 +1565,44 @@ fn main() {
                 .map(|m| match m.trim() {
                     "concurrent" => Mode::Concurrent,
                     "sequential" => Mode::Sequential,
+                    "marginal" => Mode::Marginal,
                     other => fail(format!(
-                        "SCALE_MODES: {other:?} is neither concurrent nor sequential"
+                        "SCALE_MODES: {other:?} is not concurrent, sequential or marginal"
                     )),
                 })
                 .collect(),
         },
         idle: Duration::from_secs(env_num("SCALE_IDLE_SECS", DEFAULT_IDLE_SECS)),
         timeout: Duration::from_secs(env_num("SCALE_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)),
-        profile: Profile::builtin("default")
-            .unwrap_or_else(|e| fail(format!("default profile: {e}"))),
+        profile_name: std::env::var("SCALE_PROFILE")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        profile: {
+            let spec = std::env::var("SCALE_PROFILE")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "default".into());
+            Profile::load(&spec).unwrap_or_else(|e| fail(format!("profile {spec}: {e}")))
+        },
+        heap_mib: match std::env::var("SCALE_HEAP_MIB").as_deref() {
+            Err(_) | Ok("") | Ok("0") => 0,
+            Ok(_) => env_num("SCALE_HEAP_MIB", 0),
+        },
+        heap_pause: Duration::from_millis(match std::env::var("SCALE_HEAP_PAUSE_MS").as_deref() {
+            Ok("0") => 0,
+            _ => env_num("SCALE_HEAP_PAUSE_MS", 10),
+        }),
+        probes: env_num("SCALE_PROBES", 50) as usize,
     };
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        if let Err(e) =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Phases))
+        {
+            fail(format!("tracing subscriber: {e}"));
+        }
+    }
     if let Err(e) = common::run_on_two_workers(bench(cfg)) {
         fail(e);
     }
