@@ -645,3 +645,55 @@ fn window_size_follows_the_callers_terminal() {
     assert!(seen.contains("40 120"), "{seen:?}");
     assert!(st.success());
 }
+
+#[test]
+fn the_terminal_is_the_plugins_controlling_terminal_and_signals_it() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let term = Term::new(24, 80);
+    let before = HostState::take();
+    // A session of its own, led by the plugin, whose foreground group it is.
+    let mut c = term.spawn(
+        &[
+            "--",
+            "python3",
+            "-c",
+            "import os; print('FG', os.tcgetpgrp(0) == os.getpgrp(), os.getsid(0) == os.getpid())",
+        ],
+        None,
+    );
+    let out = term.read_until("FG", Duration::from_secs(20));
+    let out = out + &term.read_until("\n", Duration::from_secs(5));
+    let st = wait_bounded(&mut c, Duration::from_secs(30), "controlling terminal");
+    assert!(out.contains("FG True True"), "{out:?}");
+    assert!(st.success());
+    // A resize reaches the plugin as SIGWINCH from its terminal (the runner only sets the
+    // size on its side of the pseudo-terminal).
+    let mut c = term.spawn(
+        &[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo WINCHED' WINCH; echo ready; while :; do sleep 0.05; done",
+        ],
+        None,
+    );
+    assert!(term
+        .read_until("ready", Duration::from_secs(20))
+        .contains("ready"));
+    term.set_winsize(30, 100);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
+    let out = term.read_until("WINCHED", Duration::from_secs(10));
+    // ^C ends it through its terminal's line discipline.
+    term.type_(b"\x03");
+    let st = wait_bounded(&mut c, Duration::from_secs(30), "winch");
+    before.assert_unchanged();
+    assert!(out.contains("WINCHED"), "{out:?}");
+    assert!(!st.success());
+}

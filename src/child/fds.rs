@@ -40,6 +40,9 @@ pub(crate) struct ChildFds {
     pub plugin_stack: usize,
     /// Size of [`plugin_stack`](Self::plugin_stack).
     pub plugin_stack_size: usize,
+    /// Which of fds 0, 1, 2 the plugin makes its controlling terminal (the runner's
+    /// pseudo-terminal slave standing for the caller's terminal), or -1.
+    pub ctty: RawFd,
 }
 
 impl ChildFds {

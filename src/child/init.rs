@@ -200,6 +200,16 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
             }
         }
         libc::close(fds.go_r);
+        // An interactive session (the runner's pseudo-terminal on fds 0-2): a session of
+        // the plugin's own, with that terminal as its controlling terminal, so that the
+        // kernel signals it for ^C, ^\, ^Z and window changes as it would a shell's job.
+        if fds.ctty >= 0 {
+            if let Err(err) = check(libc::setsid())
+                .and_then(|_| check(libc::ioctl(fds.ctty, libc::TIOCSCTTY as _, 0)))
+            {
+                fail(e, Step::Ctty, err)
+            }
+        }
         if let Err(err) = mask_all(false) {
             fail(e, Step::Signals, err)
         }

@@ -66,10 +66,13 @@ pub enum Step {
     Ids = 27,
     /// `unshare(CLONE_NEWCGROUP)`: a cgroup namespace rooted at the sandbox's cgroup.
     CgroupNs = 28,
+    /// A session of the plugin's own with the runner's pseudo-terminal as its controlling
+    /// terminal (`setsid`, `TIOCSCTTY`).
+    Ctty = 29,
 }
 
 impl Step {
-    const ALL: [Step; 28] = [
+    const ALL: [Step; 29] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -98,6 +101,7 @@ impl Step {
         Step::InitExec,
         Step::Ids,
         Step::CgroupNs,
+        Step::Ctty,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -136,6 +140,7 @@ impl Step {
             Step::InitExec => "execute sandbox-init",
             Step::Ids => "become root of the user namespace",
             Step::CgroupNs => "enter a new cgroup namespace",
+            Step::Ctty => "take the terminal as controlling terminal",
         }
     }
 }

@@ -130,6 +130,7 @@ impl SandboxRunner {
             // Set by the spawner, which maps the stacks.
             plugin_stack: 0,
             plugin_stack_size: 0,
+            ctty: caller.terminal_fd().map_or(-1, |n| n as i32),
         };
         child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
         drop(setup_span);

@@ -107,6 +107,9 @@ pub(crate) struct Caller {
     pending: Vec<Pending>,
     /// The pseudo-terminal, when the plugin's stdout stands for the caller's terminal.
     pty: Option<pty::Pending>,
+    /// The first of the plugin's fds 0, 1, 2 that is the pseudo-terminal's slave: the
+    /// plugin makes it its controlling terminal (a session of its own, `TIOCSCTTY`).
+    ctty: Option<usize>,
 }
 
 impl Caller {
@@ -137,6 +140,7 @@ impl Caller {
             child: [None, None, None],
             pending: Vec::new(),
             pty: None,
+            ctty: None,
         };
         let out_tty = match kinds[1] {
             Some(Kind::Terminal { rdev }) => Some(rdev),
@@ -165,6 +169,7 @@ impl Caller {
                     let slave = c.pty.as_ref().map(|p| p.slave()).ok_or_else(|| {
                         Error::host("pseudo-terminal", std::io::Error::other("none open"))
                     })?;
+                    c.ctty.get_or_insert(n);
                     above2_dup(slave.as_fd())?
                 }
                 // stdout and stderr on the same open file (`2>&1`): one pipe, one relay, the
@@ -213,10 +218,16 @@ impl Caller {
             ))
     }
 
-    /// Starts the relays once the plugin runs. `init` is the sandbox init's pidfd: the
-    /// terminal proxy sends it SIGINT and SIGQUIT for the plugin's interrupt and quit
-    /// characters (the init forwards them), as the slave's line discipline would to a
-    /// foreground process group if the slave were the plugin's controlling terminal.
+    /// Which of the plugin's fds 0, 1, 2 is the pseudo-terminal's slave, for the child's
+    /// controlling-terminal step (the kernel then sends the plugin's foreground process
+    /// group SIGINT, SIGQUIT and SIGTSTP for the typed characters, and SIGWINCH on a resize).
+    pub(crate) fn terminal_fd(&self) -> Option<usize> {
+        self.ctty
+    }
+
+    /// Starts the relays once the plugin runs. `init` is the sandbox init's pidfd (kept for
+    /// a terminal without the controlling-terminal step, which has none today: the plugin
+    /// always takes the slave as its controlling terminal).
     ///
     /// Returns the guard that stops them all (and gives the caller's terminal its modes
     /// back) when dropped, and one task per output relay that completes when that relay has
@@ -259,9 +270,15 @@ impl Caller {
             }
         }
         if let Some(p) = self.pty {
-            let init = init
-                .try_clone_to_owned()
-                .map_err(|e| Error::host("duplicating the init's pidfd", e))?;
+            // The slave is the plugin's controlling terminal (see `terminal_fd`): its line
+            // discipline signals the plugin itself; the proxy must not signal it twice.
+            let init = match self.ctty {
+                Some(_) => None,
+                None => Some(
+                    init.try_clone_to_owned()
+                        .map_err(|e| Error::host("duplicating the init's pidfd", e))?,
+                ),
+            };
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let started = p
                 .start(init, stop_r.clone(), tx)

@@ -10,10 +10,10 @@
 //!   (every key goes to the slave, whose line discipline edits, echoes and ends lines), and
 //!   gets its modes back, with output resumed (`TCOON`), when the session ends or the runner
 //!   is dropped, whatever the plugin did to the slave.
-//! - The slave is not the plugin's controlling terminal (that takes a step in the child, see
-//!   the README); meanwhile the proxy sends the sandbox's init SIGINT or SIGQUIT when the
-//!   slave's interrupt or quit character is typed while its `ISIG` is on, and the init
-//!   forwards it to the plugin.
+//! - The slave is the plugin's controlling terminal (the child's `ctty` step), so its line
+//!   discipline signals the plugin for `^C`, `^\`, `^Z` and resizes. Without that step the
+//!   proxy would send the sandbox's init SIGINT or SIGQUIT when the slave's interrupt or
+//!   quit character is typed while its `ISIG` is on (`signal_chars`, kept for that case).
 //! - The session ends when every fd of the slave is closed (the sandbox ended): the master
 //!   then reads `EIO`, after everything written to the slave.
 
@@ -102,7 +102,7 @@ impl Pending {
     /// plugin wrote has reached the caller's terminal, and that terminal has its modes back.
     pub(super) fn start(
         self,
-        init: OwnedFd,
+        init: Option<OwnedFd>,
         stop: Arc<OwnedFd>,
         done: tokio::sync::oneshot::Sender<()>,
     ) -> io::Result<Started> {
@@ -136,7 +136,12 @@ impl Pending {
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     super::block_signals();
-                    let end = copy_input(src.as_fd(), &m, &init, &[s.as_fd(), in_stop_r.as_fd()]);
+                    let end = copy_input(
+                        src.as_fd(),
+                        &m,
+                        init.as_ref(),
+                        &[s.as_fd(), in_stop_r.as_fd()],
+                    );
                     end.log("pty-input");
                 })?;
             Some((h, in_stop_w))
@@ -199,7 +204,7 @@ fn copy_output(master: &OwnedFd, out: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> E
 fn copy_input(
     src: BorrowedFd<'_>,
     master: &OwnedFd,
-    init: &OwnedFd,
+    init: Option<&OwnedFd>,
     stops: &[BorrowedFd<'_>],
 ) -> End {
     let mut buf = vec![0u8; 4096];
@@ -213,7 +218,9 @@ fn copy_input(
             Err(Errno::AGAIN | Errno::INTR) => continue,
             Err(e) => return End::Failed(e.into()),
         };
-        signal_chars(master, init, &buf[..n]);
+        if let Some(init) = init {
+            signal_chars(master, init, &buf[..n]);
+        }
         if let Err(end) = relay::write_all(master.as_fd(), &buf[..n], stops) {
             return end;
         }
