@@ -155,6 +155,39 @@ impl Drop for IdRange {
     }
 }
 
+/// Removes the claims whose owner is gone (a detached sandbox that ended, a host and reaper
+/// both killed), for `sandbox-run check --cleanup` and the end of a detached sandbox.
+/// Returns the blocks' slots freed, and the first error of a claim that could not be
+/// removed (with its path).
+pub fn reclaim_stale() -> (Vec<u32>, Option<Error>) {
+    let mut freed = Vec::new();
+    let mut first_err = None;
+    let Ok(rd) = std::fs::read_dir(claims_dir()) else {
+        return (freed, None);
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(slot) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !is_stale(&path) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => freed.push(slot),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                first_err.get_or_insert(Error::host(format!("removing {}", path.display()), e));
+            }
+        }
+    }
+    (freed, first_err)
+}
+
 /// Whether the claim at `path` belongs to nobody any more (its owner exited), or cannot be
 /// read at all and is older than a minute (a writer that died half-way).
 fn is_stale(path: &Path) -> bool {

@@ -109,6 +109,8 @@ impl Reattached {
         if !self.state.cgroups.is_empty() {
             let _ = crate::cgroup::reclaim_stale();
         }
+        // ... and its block of host ids, whose claim its init owned.
+        let _ = crate::idrange::reclaim_stale();
         *g = Some(s);
         s
     }

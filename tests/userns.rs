@@ -509,3 +509,60 @@ fn a_plugin_that_takes_every_inotify_watch_leaves_host_roots_alone() {
         r.wait().await.unwrap();
     });
 }
+
+/// The claim files naming sandbox `id`.
+fn claims_of(id: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(sandbox_runner::idrange::claims_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(id)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_detached_sandboxs_block_is_freed_when_it_ends_and_cleanup_frees_stale_claims() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    rt().block_on(async {
+        let mut p = Profile::builtin("default").unwrap();
+        p.detach = true;
+        let mut r = SandboxRunner::new(p, "/bin/sh", ["-c", "sleep 0.3"])
+            .unwrap()
+            .with_stdout(Stdio::Null)
+            .with_stderr(Stdio::Null);
+        r.start().await.unwrap();
+        let id = r.id().to_string();
+        assert_eq!(
+            claims_of(&id).len(),
+            1,
+            "the detached sandbox holds one block"
+        );
+        assert!(r.wait().await.unwrap().success());
+        assert!(claims_of(&id).is_empty(), "{:?} left", claims_of(&id));
+    });
+    // A claim whose owner is gone (a host and its reaper both killed): cleanup frees it.
+    let dir = sandbox_runner::idrange::claims_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let slot = (0..sandbox_runner::idrange::SLOTS)
+        .rev()
+        .find(|s| !dir.join(s.to_string()).exists())
+        .unwrap();
+    let fake = dir.join(slot.to_string());
+    std::fs::write(
+        &fake,
+        r#"{"id":"sbx-000000000000000000000000","owner_pid":2147483646,"owner_start":1}"#,
+    )
+    .unwrap();
+    let o = run(&["check", "--cleanup"]);
+    assert!(!fake.exists(), "stale claim kept: {}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("freed the host id block {slot}")),
+        "{}",
+        stdout(&o)
+    );
+}

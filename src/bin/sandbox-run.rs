@@ -695,6 +695,14 @@ fn cleanup(json: bool) -> u8 {
     for id in sandbox_runner::state::reclaim_stale() {
         println!("cleanup: removed the state left by a dead host for {id}");
     }
+    let (freed, err) = sandbox_runner::idrange::reclaim_stale();
+    for slot in freed {
+        println!("cleanup: freed the host id block {slot} of a sandbox that is gone");
+    }
+    if let Some(e) = err {
+        eprintln!("sandbox-run: cleanup: {e}");
+        code = 1;
+    }
     for (id, st) in sandbox_runner::state::SandboxState::list() {
         let stale = match st {
             Ok(s) => s.open_init().is_err(),

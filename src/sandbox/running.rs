@@ -112,6 +112,8 @@ impl Running {
         if self.detached {
             // A detached sandbox owns its cgroups through its init, which is gone now.
             let _ = crate::cgroup::reclaim_stale();
+            // ... and its block of host ids, whose claim its init owned.
+            let _ = crate::idrange::reclaim_stale();
         }
         if let Some(d) = &self.state_dir {
             let _ = std::fs::remove_dir_all(d);
