@@ -153,7 +153,8 @@ unsafe extern "C" fn child(arg: *const u8) -> ! {
         if libc::setns(job.netns, libc::CLONE_NEWNET) < 0 {
             fail(job, 2, 0)
         }
-        if loopback_up() < 0 {
+        if let Err(e) = super::net::loopback_up() {
+            Errno::set_raw(e as i32);
             fail(job, 3, 0)
         }
         for i in 0..job.n {
@@ -193,31 +194,5 @@ unsafe extern "C" fn child(arg: *const u8) -> ! {
             }
         }
         libc::_exit(0)
-    }
-}
-
-/// Sets `IFF_UP` on `lo` with a throwaway socket; -1 on failure (errno set).
-///
-/// # Safety
-/// Plain system calls on a stack struct and a socket this function owns.
-unsafe fn loopback_up() -> i32 {
-    // SAFETY: see the function's contract.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return -1;
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        ifr.ifr_name[0] = b'l' as libc::c_char;
-        ifr.ifr_name[1] = b'o' as libc::c_char;
-        let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
-        if r == 0 {
-            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            r = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr);
-        }
-        let errno = Errno::last_raw();
-        libc::close(fd);
-        Errno::set_raw(errno);
-        r
     }
 }

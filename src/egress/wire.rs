@@ -579,31 +579,11 @@ fn make_in_userns(pid: i32, ports: &Ports) -> io::Result<Listeners> {
 }
 
 /// Sets `IFF_UP` on `lo` of the current thread's network namespace (the child does it
-/// again before the plugin runs; here the listeners need it first).
+/// again before the plugin runs; here the listeners need it first): the child side's own
+/// step, which is plain system calls on a socket it owns.
 fn loopback_up() -> io::Result<()> {
-    // A socket of this namespace, for the ioctls.
-    let sock = rustix::net::socket_with(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // SAFETY: an all-zero ifreq is valid; the ioctls read and write only this stack struct,
-    // on a socket this function owns.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        ifr.ifr_name[0] = b'l' as libc::c_char;
-        ifr.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    // SAFETY: socket/ioctl/close on a stack struct and a socket the call owns.
+    unsafe { crate::child::net::loopback_up() }.map_err(io::Error::from)
 }
 
 #[cfg(test)]
