@@ -33,7 +33,6 @@
 //! `fs.protected_hardlinks=1` (the default): a non-root host must run the plugin under its
 //! own uid, else the translation fails with [`AddrError::Io`] and a hint.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,9 +53,6 @@ pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Room reserved for the unique names of links in `links_dir` (see `next_link_name`).
 const LINK_NAME_MAX: usize = 40;
-
-/// How deep [`SocketDir::remove`] descends into directories the plugin made.
-const MAX_REMOVE_DEPTH: usize = 128;
 
 /// Why a [`SocketDir`] could not be created, opened or removed.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +95,25 @@ fn invalid(path: &Path, why: impl Into<String>) -> SocketDirError {
 /// What [`SocketDir::create`] made, and so what [`SocketDir::remove`] deletes.
 #[derive(Debug)]
 struct Created {
-    /// `O_PATH` fd of the parent given to `create`.
+    /// `O_PATH` fd of the directory holding `sock` and `links`.
     parent_fd: OwnedFd,
-    /// That parent, for error messages.
+    /// That directory, for error messages.
     parent: PathBuf,
+    /// The directory [`SocketDir::create_in`] made for them, if it did.
+    top: Option<Top>,
+}
+
+/// A directory made by [`SocketDir::create_in`], with a tmpfs mounted on it or not.
+#[derive(Debug)]
+struct Top {
+    /// `O_PATH` fd of its parent.
+    up_fd: OwnedFd,
+    /// Its name in that parent.
+    name: std::ffi::OsString,
+    /// Its path, to unmount and for error messages.
+    path: PathBuf,
+    /// Whether a tmpfs is mounted on it.
+    mounted: bool,
 }
 
 /// The socket directory shared with one sandbox, and the translator of its addresses.
@@ -264,57 +275,6 @@ fn is_within(inner: BorrowedFd<'_>, outer: &Stat) -> rustix::io::Result<bool> {
     Ok(false)
 }
 
-/// Empties and removes `dirfd/name` without following symlinks, then returns.
-fn remove_tree_at(dirfd: BorrowedFd<'_>, name: &Path, depth: usize) -> rustix::io::Result<()> {
-    let dir = match rfs::openat(
-        dirfd,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-            return rfs::unlinkat(dirfd, name, AtFlags::empty())
-        }
-        Err(e) => return Err(e),
-    };
-    if depth >= MAX_REMOVE_DEPTH {
-        return Err(Errno::LOOP);
-    }
-    let mut names: Vec<CString> = Vec::new();
-    let mut entries = rfs::Dir::read_from(&dir)?;
-    while let Some(entry) = entries.read() {
-        let entry = entry?;
-        let n = entry.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            names.push(n.to_owned());
-        }
-    }
-    let mut first_err = None;
-    for n in &names {
-        let r = match rfs::unlinkat(&dir, n.as_c_str(), AtFlags::empty()) {
-            Err(Errno::ISDIR) => {
-                use std::os::unix::ffi::OsStrExt;
-                let p = Path::new(std::ffi::OsStr::from_bytes(n.to_bytes()));
-                remove_tree_at(dir.as_fd(), p, depth + 1)
-            }
-            Err(Errno::NOENT) => Ok(()),
-            other => other,
-        };
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    match rfs::unlinkat(dirfd, name, AtFlags::REMOVEDIR) {
-        Err(Errno::NOENT) => Ok(()),
-        r => r,
-    }
-}
-
 impl SocketDir {
     /// Creates the socket directories of one sandbox under `parent` (which must exist):
     ///
@@ -331,6 +291,88 @@ impl SocketDir {
             source,
         })?;
         let parent_fd = open_path_dir(CWD, &parent, &parent)?;
+        Self::make(parent_fd, parent, group, None)
+    }
+
+    /// Creates `dir` (whose parent must exist and which must not), mode `0711`, optionally
+    /// mounts a tmpfs with `limits` on it (see [`crate::sockfs`]: `nosuid,nodev,noexec,
+    /// nosymfollow`; needs `CAP_SYS_ADMIN`), and makes `sock` and `links` in it as
+    /// [`create`](Self::create) does. The socket directory is `<dir>/sock`, and the sandbox
+    /// sees it at that same path unless [`with_sandbox_dir`](Self::with_sandbox_dir) says
+    /// otherwise. [`SocketDir::remove`] (or drop) unmounts and removes `dir`.
+    pub fn create_in(
+        dir: &Path,
+        group: Option<u32>,
+        limits: Option<crate::sockfs::TmpfsLimits>,
+    ) -> Result<SocketDir, SocketDirError> {
+        let (Some(up), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(invalid(dir, "must be an absolute path with a parent directory"));
+        };
+        if !dir.is_absolute() {
+            return Err(invalid(dir, "must be an absolute path"));
+        }
+        let up_fd = open_path_dir(CWD, up, up)?;
+        rfs::mkdirat(&up_fd, name, Mode::from_raw_mode(0o711))
+            .map_err(|e| io_err("create directory", dir, e))?;
+        let mut top = Top {
+            up_fd,
+            name: name.to_owned(),
+            path: dir.to_owned(),
+            mounted: false,
+        };
+        let fail = |top: &Top, e: SocketDirError| {
+            if top.mounted {
+                let _ = crate::sockfs::unmount(&top.path);
+            }
+            let _ = rfs::unlinkat(&top.up_fd, top.name.as_os_str(), AtFlags::REMOVEDIR);
+            e
+        };
+        // mkdir applies the umask: the plugin must be able to pass through.
+        if let Err(e) = open_path_dir(top.up_fd.as_fd(), name.as_ref(), dir)
+            .and_then(|fd| {
+                let rd = reopen_dir(fd.as_fd()).map_err(|e| io_err("open directory", dir, e))?;
+                rfs::fchmod(&rd, Mode::from_raw_mode(0o711))
+                    .map_err(|e| io_err("change mode of", dir, e))
+            })
+        {
+            return Err(fail(&top, e));
+        }
+        if let Some(limits) = limits {
+            if let Err(source) = crate::sockfs::mount(dir, limits) {
+                return Err(fail(
+                    &top,
+                    SocketDirError::Io {
+                        op: "mount a tmpfs on",
+                        path: dir.to_owned(),
+                        source,
+                    },
+                ));
+            }
+            top.mounted = true;
+        }
+        let parent_fd = match open_path_dir(top.up_fd.as_fd(), name.as_ref(), dir) {
+            Ok(fd) => fd,
+            Err(e) => return Err(fail(&top, e)),
+        };
+        let path = dir.to_owned();
+        match Self::make(parent_fd, path, group, None) {
+            Ok(mut sd) => {
+                if let Some(c) = sd.created.as_mut() {
+                    c.top = Some(top);
+                }
+                sd.sandbox_dir = sd.host_dir.clone();
+                Ok(sd)
+            }
+            Err(e) => Err(fail(&top, e)),
+        }
+    }
+
+    fn make(
+        parent_fd: OwnedFd,
+        parent: PathBuf,
+        group: Option<u32>,
+        top: Option<Top>,
+    ) -> Result<SocketDir, SocketDirError> {
         let host_path = parent.join("sock");
         let links_path = parent.join("links");
         let host_dir = to_utf8(&host_path)?;
@@ -359,6 +401,7 @@ impl SocketDir {
             created: Some(Created {
                 parent_fd,
                 parent: parent.clone(),
+                top,
             }),
             share_host_network: false,
             cleanup_on_drop: true,
@@ -714,12 +757,38 @@ impl SocketDir {
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default();
         match &self.created {
+            Some(Created {
+                top: Some(top),
+                ..
+            }) if top.mounted => {
+                // Whatever the plugin made in it goes with the file system.
+                crate::sockfs::unmount(&top.path).map_err(|source| SocketDirError::Io {
+                    op: "unmount",
+                    path: top.path.clone(),
+                    source,
+                })?;
+                match rfs::unlinkat(&top.up_fd, top.name.as_os_str(), AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => Ok(()),
+                    Err(e) => Err(io_err("remove", &top.path, e)),
+                }
+            }
             Some(c) => {
-                let r1 = remove_tree_at(c.parent_fd.as_fd(), Path::new("links"), 0)
-                    .map_err(|e| io_err("remove", &c.parent.join("links"), e));
-                let r2 = remove_tree_at(c.parent_fd.as_fd(), Path::new("sock"), 0)
-                    .map_err(|e| io_err("remove", &c.parent.join("sock"), e));
-                r1.and(r2)
+                let rm = |name: &str| {
+                    crate::sockfs::remove_tree_at(c.parent_fd.as_fd(), Path::new(name))
+                        .map_err(|e| io_err("remove", &c.parent.join(name), e))
+                };
+                let r1 = rm("links");
+                let r2 = rm("sock");
+                let r3 = match &c.top {
+                    Some(top) if r1.is_ok() && r2.is_ok() => {
+                        match rfs::unlinkat(&top.up_fd, top.name.as_os_str(), AtFlags::REMOVEDIR) {
+                            Ok(()) | Err(Errno::NOENT) => Ok(()),
+                            Err(e) => Err(io_err("remove", &top.path, e)),
+                        }
+                    }
+                    _ => Ok(()),
+                };
+                r1.and(r2).and(r3)
             }
             None => {
                 let mut result = Ok(());

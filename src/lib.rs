@@ -46,6 +46,7 @@ pub mod rlimit;
 pub mod runner;
 pub mod sandbox;
 pub mod seccomp;
+pub mod sockfs;
 pub mod state;
 pub mod status;
 mod stdio;

@@ -78,7 +78,7 @@ impl Plan {
     }
 
     /// Like [`Plan::new`], with the host directory (created at start) that is shared as the
-    /// plugin's socket directory at [`crate::addr::SANDBOX_SOCKET_DIR`].
+    /// plugin's socket directory, at the same path inside the sandbox.
     pub fn with_socket_dir(
         profile: &Profile,
         program: &OsStr,
@@ -104,9 +104,16 @@ impl Plan {
             return Err(Error::InvalidCommand("no program given".into()));
         }
         let mut env = build_env(profile, host_env);
-        if socket_host_dir.is_some() {
-            // Replaced, never appended: the host's value names a host path.
-            let dir = crate::addr::SANDBOX_SOCKET_DIR;
+        if let Some(d) = socket_host_dir {
+            // Replaced, never appended: the host's value names the host's directory. The
+            // sandbox sees its own at the same path as the host, so addresses the plugin
+            // announces over go-plugin's broker are valid host paths too.
+            let dir = d.to_str().ok_or_else(|| {
+                Error::InvalidCommand(format!(
+                    "socket directory {}: the path is not valid UTF-8",
+                    d.display()
+                ))
+            })?;
             set_env(&mut env, "PLUGIN_UNIX_SOCKET_DIR", dir);
             if profile.sockets.tmpdir {
                 set_env(&mut env, "TMPDIR", dir);
@@ -127,7 +134,7 @@ impl Plan {
                 root.add(m)?;
             }
             if let Some(src) = socket_host_dir {
-                root.bind_socket_dir(src, Path::new(crate::addr::SANDBOX_SOCKET_DIR))?;
+                root.bind_socket_dir(src, src)?;
             }
             for (src, dst) in &extras.files {
                 root.bind_generated_file(src, dst, &extras.files_label)?;

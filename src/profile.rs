@@ -385,11 +385,13 @@ impl LimitsConfig {
 
 /// The socket directory a sandbox shares with its host.
 ///
-/// When enabled, a fresh host directory (0700, or 0770 for `group`) is bind-mounted at
-/// `/run/plugin-sockets` and `PLUGIN_UNIX_SOCKET_DIR` is set (replaced) to that path in the
-/// plugin's environment. When the host already set `PLUGIN_UNIX_SOCKET_DIR`, that directory
-/// is used instead (the host owns it and cleans it up).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// When enabled, the runner makes a directory for the sandbox on the host,
+/// `<state>/<id>/s/sock` (or `<PLUGIN_UNIX_SOCKET_DIR>/<id>/sock` when the host set
+/// `PLUGIN_UNIX_SOCKET_DIR`), binds it at the same path inside the sandbox and sets the
+/// plugin's `PLUGIN_UNIX_SOCKET_DIR` (replaced) to it. Run as root, its parent is a tmpfs of
+/// its own, limited to `size` bytes and `inodes` files and mounted `nosuid,nodev,noexec,
+/// nosymfollow` on the host ([`crate::sockfs`]); removal is an unmount.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SocketsConfig {
     /// Share a socket directory (default false).
@@ -400,9 +402,37 @@ pub struct SocketsConfig {
     #[serde(default)]
     pub group: Option<String>,
     /// Also point `TMPDIR` at the socket directory, for older go-plugin plugins that ignore
-    /// `PLUGIN_UNIX_SOCKET_DIR` and create their socket in the OS temp dir (default true).
-    #[serde(default = "yes")]
+    /// `PLUGIN_UNIX_SOCKET_DIR` and create their socket in the OS temp dir (default false:
+    /// the plugin's temporary files then count against `size` and `inodes`).
+    #[serde(default)]
     pub tmpdir: bool,
+    /// Bytes of data the socket directory's tmpfs holds at most (default `"1M"`).
+    #[serde(default = "default_sockets_size")]
+    pub size: Size,
+    /// Files and directories the socket directory's tmpfs holds at most, its own two
+    /// included (default 64).
+    #[serde(default = "default_sockets_inodes")]
+    pub inodes: u64,
+}
+
+impl Default for SocketsConfig {
+    fn default() -> Self {
+        SocketsConfig {
+            enabled: false,
+            group: None,
+            tmpdir: false,
+            size: default_sockets_size(),
+            inodes: default_sockets_inodes(),
+        }
+    }
+}
+
+fn default_sockets_size() -> Size {
+    Size(1 << 20)
+}
+
+fn default_sockets_inodes() -> u64 {
+    64
 }
 
 /// The namespaces a sandbox is cloned into. Each is on unless the profile says `false`.
@@ -851,6 +881,16 @@ impl Profile {
                 })?
             }
         };
+        if p.sockets.size.0 < 4096 || p.sockets.inodes < 4 {
+            return Err(ProfileError::Invalid {
+                origin: origin.to_string(),
+                message: format!(
+                    "[sockets] size = {} bytes and inodes = {}: the socket directory needs at \
+                     least 4K and 4 inodes (its root, sock, links and one socket)",
+                    p.sockets.size.0, p.sockets.inodes
+                ),
+            });
+        }
         if p.pass_fds.len() > MAX_PASS_FDS {
             return Err(ProfileError::Invalid {
                 origin: origin.to_string(),

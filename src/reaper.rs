@@ -69,11 +69,13 @@ fn send(msg: &[u8]) {
     }
 }
 
-/// Registers sandbox `id` with the reaper: `cgroups` (removed, killed first on v2),
-/// `trees` (removed recursively, never following a symbolic link) and `records` (owner
-/// records, removed only when every cgroup is gone). Paths must be absolute.
+/// Registers sandbox `id` with the reaper: `mounts` (detached, first), `cgroups` (removed,
+/// killed first on v2), `trees` (removed recursively, never following a symbolic link) and
+/// `records` (owner records, removed only when every cgroup is gone). Paths must be
+/// absolute.
 pub(crate) fn register(
     id: &str,
+    mounts: &[&Path],
     cgroups: &[&Path],
     trees: &[&Path],
     records: &[&Path],
@@ -83,7 +85,7 @@ pub(crate) fn register(
     msg.push(b'+');
     msg.extend_from_slice(id.as_bytes());
     msg.push(0);
-    for (kind, paths) in [(b'c', cgroups), (b'd', trees), (b'r', records)] {
+    for (kind, paths) in [(b'm', mounts), (b'c', cgroups), (b'd', trees), (b'r', records)] {
         for p in paths.iter().filter(|p| p.is_absolute()) {
             let bytes = p.as_os_str().as_bytes();
             if bytes.contains(&0) {

@@ -198,12 +198,14 @@ const OWNER_FILE: &str = "owner";
 /// before recording it) whose `owner` process is gone (pid and start time no longer match),
 /// or, with no readable `owner`, older than a minute. A detached sandbox's directory (it has
 /// `state.json`) is left alone: it keeps the exit status for a later reattach, and `sandbox-run
-/// check --cleanup` removes it once its init is gone. Returns the ids removed.
-pub fn reclaim_stale() -> Vec<String> {
+/// check --cleanup` removes it once its init is gone. Returns the ids removed, and those
+/// that could not be, with why.
+pub fn reclaim_stale() -> (Vec<String>, Vec<(String, Error)>) {
     let Ok(rd) = std::fs::read_dir(state_root()) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut removed = Vec::new();
+    let mut failed = Vec::new();
     for entry in rd.flatten() {
         let Ok(id) = entry.file_name().into_string() else {
             continue;
@@ -233,11 +235,14 @@ pub fn reclaim_stale() -> Vec<String> {
                 .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > std::time::Duration::from_secs(60)),
         };
-        if stale && remove_dir(&id).is_ok() {
-            removed.push(id);
+        if stale {
+            match remove_dir(&id) {
+                Ok(()) => removed.push(id),
+                Err(e) => failed.push((id, e)),
+            }
         }
     }
-    removed
+    (removed, failed)
 }
 
 /// Removes the state directory of `id` and everything in it.
@@ -245,12 +250,18 @@ pub fn remove_dir(id: &str) -> Result<(), Error> {
     if !valid_id(id) {
         return Ok(());
     }
-    let d = dir_of(id);
-    match std::fs::remove_dir_all(&d) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::host(format!("removing {}", d.display()), e)),
-    }
+    remove_path(&dir_of(id))
+}
+
+/// Removes the state directory `d` and everything in it: first the socket directory's file
+/// system recorded in it (unmounted, or removed when a plain directory, also when it lies
+/// in the host's `PLUGIN_UNIX_SOCKET_DIR`), then the tree, with a fixed number of file
+/// descriptors however deep it is. A missing `d` is not an error.
+pub fn remove_path(d: &Path) -> Result<(), Error> {
+    crate::sockfs::release(d).map_err(|(p, e)| {
+        Error::host(format!("removing the socket directory {}", p.display()), e)
+    })?;
+    crate::sockfs::remove_tree(d).map_err(|e| Error::host(format!("removing {}", d.display()), e))
 }
 
 /// The start time of `pid` (`/proc/PID/stat` field 22), if it exists.

@@ -358,11 +358,13 @@ fn library_handshake_and_request() {
             .await
             .unwrap();
         assert_eq!(c.network, "unix");
+        // The plugin's socket directory is at the same path inside as on the host.
         assert_eq!(
             c.handshake.addr().rsplit_once('/').unwrap().0,
-            "/run/plugin-sockets"
+            host_sock_dir(&r)
         );
-        assert!(!c.addr.starts_with("/run/plugin-sockets"), "{}", c.addr);
+        // The host gets a verified link, never the plugin's path.
+        assert_ne!(c.addr, c.handshake.addr());
         let line = String::from_utf8(c.host_line.clone()).unwrap();
         assert_eq!(line, format!("1|1|unix|{}|grpc\n", c.addr));
         let addr = c.addr.clone();
@@ -376,7 +378,7 @@ fn library_handshake_and_request() {
             .unwrap();
         assert_eq!(
             (n.as_str(), inside.as_str()),
-            ("unix", "/run/plugin-sockets/broker-1")
+            ("unix", format!("{}/broker-1", host_sock_dir(&r)).as_str())
         );
         r.kill().await.unwrap();
         let state = sandbox_runner::state::dir_of(r.id());
@@ -388,7 +390,7 @@ fn library_handshake_and_request() {
 
 fn host_sock_dir(r: &SandboxRunner) -> String {
     sandbox_runner::state::dir_of(r.id())
-        .join("sock")
+        .join("s/sock")
         .display()
         .to_string()
 }
@@ -446,12 +448,16 @@ fn cli_wrapper_translates_the_handshake() {
 }
 
 fn cli_wrapper_with_an_old_plugin_using_tmpdir() {
+    // TMPDIR points into the socket directory only when a profile asks for it.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("old.toml");
+    std::fs::write(&profile, "extends = \"go-plugin\"\n[sockets]\ntmpdir = true\n").unwrap();
     let before = HostState::take();
     let p = exe();
     drive_cli(cli(
         &[
             "--profile",
-            "go-plugin",
+            profile.to_str().unwrap(),
             "--",
             p.to_str().unwrap(),
             "plugin",
@@ -480,15 +486,13 @@ fn cli_wrapper_honours_the_hosts_socket_dir() {
     );
     drive_cli(child);
     before.assert_unchanged();
-    // The host's directory stays (the host cleans it up); our private links beside it go.
+    // The host's directory stays (the host cleans it up); the sandbox's own in it (a tmpfs
+    // holding its sockets and the verified links) goes.
     assert!(dir.path().exists());
-    let parent = dir.path().parent().unwrap();
-    let leftovers: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".links-"))
-        .collect();
-    assert!(leftovers.is_empty(), "links dirs left: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "left in the host's directory: {leftovers:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(d), "a mount left under {d}");
 }
 
 fn refuses_a_symlink_to_a_host_socket() {

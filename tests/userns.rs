@@ -292,7 +292,7 @@ fn files_a_plugin_makes_in_its_socket_directory_are_its_own_not_roots() {
         let init = r.init_pid().unwrap();
         let (uids, _) = host_ids(plugin_pid(init));
         let f = sandbox_runner::state::dir_of(r.id())
-            .join("sock")
+            .join("s/sock")
             .join("suid");
         let meta = std::fs::metadata(&f).unwrap();
         use std::os::unix::fs::MetadataExt;
@@ -384,7 +384,7 @@ fn a_hosts_plugin_unix_socket_dir_gives_each_sandbox_a_directory_of_its_own() {
     let subdirs: Vec<_> = std::fs::read_dir(host.path())
         .unwrap()
         .flatten()
-        .filter(|e| e.path().join("first").exists())
+        .filter(|e| e.path().join("sock/first").exists())
         .collect();
     assert_eq!(subdirs.len(), 1, "the first sandbox's directory");
     assert!(subdirs[0].file_name().to_string_lossy().starts_with("sbx-"));

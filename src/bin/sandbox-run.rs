@@ -587,8 +587,12 @@ const RELAY_CHUNK: usize = 256 * 1024;
 fn ps(json: bool) -> ExitCode {
     let mut out = std::io::stdout();
     if json {
-        for id in sandbox_runner::state::reclaim_stale() {
+        let (removed, failed) = sandbox_runner::state::reclaim_stale();
+        for id in removed {
             eprintln!("cleanup: removed the state left by a dead host for {id}");
+        }
+        for (id, e) in failed {
+            eprintln!("sandbox-run: cleanup of {id}: {e}");
         }
         let list: Vec<serde_json::Value> = sandbox_runner::state::SandboxState::list()
             .into_iter()
@@ -618,8 +622,12 @@ fn ps(json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _ = writeln!(out, "{:<28}  {:>8}  {:<8}  PROGRAM", "ID", "PID", "STATE");
-    for id in sandbox_runner::state::reclaim_stale() {
+    let (removed, failed) = sandbox_runner::state::reclaim_stale();
+    for id in removed {
         println!("cleanup: removed the state left by a dead host for {id}");
+    }
+    for (id, e) in failed {
+        eprintln!("sandbox-run: cleanup of {id}: {e}");
     }
     for (id, st) in sandbox_runner::state::SandboxState::list() {
         let line = match st {
@@ -692,8 +700,13 @@ fn cleanup(json: bool) -> u8 {
             code = 1;
         }
     }
-    for id in sandbox_runner::state::reclaim_stale() {
+    let (removed, failed) = sandbox_runner::state::reclaim_stale();
+    for id in removed {
         println!("cleanup: removed the state left by a dead host for {id}");
+    }
+    for (id, e) in failed {
+        eprintln!("sandbox-run: cleanup: could not remove what a dead host left for {id}: {e}");
+        code = 1;
     }
     let (freed, err) = sandbox_runner::idrange::reclaim_stale();
     for slot in freed {

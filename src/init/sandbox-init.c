@@ -38,6 +38,7 @@
 #define NR_nanosleep 35
 #define NR_setsid 112
 #define NR_clone 56
+#define NR_umount2 166
 
 static long sys(long n, long a, long b, long c, long d)
 {
@@ -76,6 +77,7 @@ __asm__(".text\n"
 #define NR_nanosleep 101
 #define NR_setsid 157
 #define NR_clone 220
+#define NR_umount2 39
 
 static long sys(long n, long a, long b, long c, long d)
 {
@@ -322,6 +324,10 @@ static void cleanup_one(const char *rec, unsigned long n, int cgroups_gone)
 			parent[k] = 0;
 			if (k >= 15 && same(parent + k - 15, "/sandbox-runner"))
 				sys(NR_unlinkat, AT_FDCWD, (long)parent, AT_REMOVEDIR, 0);
+		} else if (item[0] == 'm') {
+			/* The socket directory's tmpfs: whatever the plugin made in it goes with it.
+			 * MNT_DETACH | UMOUNT_NOFOLLOW; not a mount point (rootless) is EINVAL. */
+			sys(NR_umount2, (long)(item + 1), 2 | 8, 0, 0);
 		} else if (item[0] == 'd') {
 			remove_tree(AT_FDCWD, item + 1, 0);
 		} else if (item[0] == 'r' && cgroups_gone) {

@@ -112,7 +112,7 @@ impl SandboxRunner {
             Some(
                 match std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").filter(|v| !v.is_empty()) {
                     Some(d) => (host_socket_dir(std::path::Path::new(&d))?.join(&id), true),
-                    None => (crate::state::dir_of(&id).join("sock"), false),
+                    None => (crate::state::dir_of(&id).join("s"), false),
                 },
             )
         } else {
@@ -151,7 +151,7 @@ impl SandboxRunner {
             program.as_ref(),
             &args,
             &|k| std::env::var_os(k),
-            socket_host.as_ref().map(|(p, _)| p.as_path()),
+            socket_host.as_ref().map(|(p, _)| p.join("sock")).as_deref(),
             &extras,
         )?;
         drop(plan_span);
@@ -337,38 +337,32 @@ impl SandboxRunner {
         }
     }
 
-    /// Creates (or, for a host-owned directory, opens) the socket directory and its
-    /// host-only directory of verified links.
-    fn open_sockets(
-        &self,
-        host_dir: &std::path::Path,
-        host_owned: bool,
-        gid: Option<u32>,
-    ) -> Result<SocketDir, Error> {
+    /// Creates the socket directory of this sandbox: `top` (in the state directory, or in
+    /// the host's `PLUGIN_UNIX_SOCKET_DIR`), run as root a tmpfs of its own with the
+    /// profile's limits, holding `sock` (the plugin's, at the same path inside) and `links`
+    /// (the host's verified links). The mount point is recorded in the state directory
+    /// first, so whoever removes a dead sandbox's state unmounts it.
+    fn open_sockets(&self, top: &std::path::Path, gid: Option<u32>) -> Result<SocketDir, Error> {
         let bad = |e: crate::addr::SocketDirError| Error::Host {
             what: "socket directory".into(),
             source: std::io::Error::other(e.to_string()),
         };
-        let mut sd = if host_owned {
-            // This sandbox's own directory in the host's (removed with the sandbox).
-            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                .create(host_dir)
-                .map_err(|e| Error::host(format!("creating {}", host_dir.display()), e))?;
-            // Links must live on the same file system as the sockets (hard links), and
-            // outside anything the plugin can write: a private sibling of its directory.
-            let parent = host_dir.parent().unwrap_or(std::path::Path::new("/"));
-            let links = parent.join(format!(".links-{}", self.id));
-            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                .create(&links)
-                .map_err(|e| Error::host(format!("creating {}", links.display()), e))?;
-            SocketDir::open_existing(host_dir, &links).map_err(|e| {
-                let _ = std::fs::remove_dir(&links);
-                let _ = std::fs::remove_dir(host_dir);
-                bad(e)
-            })?
-        } else {
-            SocketDir::create(&crate::state::dir_of(&self.id), gid).map_err(bad)?
-        };
+        // Only a privileged runner can mount; rootless, the directory is a plain one in the
+        // caller's runtime directory (see the README's "Socket directory").
+        let privileged = self.plan.ids() != crate::plan::IdMode::Caller
+            && nix::unistd::geteuid().is_root();
+        let limits = privileged.then_some(crate::sockfs::TmpfsLimits {
+            size: self.profile.sockets.size.0,
+            inodes: self.profile.sockets.inodes,
+        });
+        let state = crate::state::dir_of(&self.id);
+        crate::sockfs::record(&state, top).map_err(|e| {
+            Error::host(
+                format!("writing {}", state.join(crate::sockfs::MOUNT_RECORD).display()),
+                e,
+            )
+        })?;
+        let mut sd = SocketDir::create_in(top, gid, limits).map_err(bad)?;
         if self.plan.detach {
             sd.set_cleanup_on_drop(false);
         }
@@ -420,17 +414,8 @@ impl Drop for SandboxRunner {
             t.abort();
         }
         drop(self.running.take());
-        if let Some(sd) = self.sockets.take() {
-            let links = sd.links_dir().to_path_buf();
-            let host_owned = matches!(self.socket_host, Some((_, true)));
-            let detached = self.plan.detach;
-            let own = sd.host_dir().to_path_buf();
-            drop(sd);
-            if host_owned && !detached {
-                let _ = std::fs::remove_dir_all(links);
-                let _ = std::fs::remove_dir_all(own);
-            }
-        }
+        // Unmounted and removed unless detached (whose end removes it).
+        drop(self.sockets.take());
         // Cleaned up: the reaper can forget it, and its id block is free again.
         drop(self.reaped.take());
         drop(self.ids.take());

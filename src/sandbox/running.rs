@@ -116,7 +116,9 @@ impl Running {
             let _ = crate::idrange::reclaim_stale();
         }
         if let Some(d) = &self.state_dir {
-            let _ = std::fs::remove_dir_all(d);
+            if let Err(e) = crate::state::remove_path(d) {
+                tracing::warn!(error = %e, "the end of a detached sandbox: cleaning up");
+            }
         }
         Ok(Some(s))
     }

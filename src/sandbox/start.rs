@@ -60,8 +60,8 @@ impl SandboxRunner {
                 }
             }
             state_guard.0 = Some(dir);
-            if let Some((host_dir, host_owned)) = &self.socket_host {
-                self.sockets = Some(self.open_sockets(host_dir, *host_owned, gid)?);
+            if let Some((top, _)) = &self.socket_host {
+                self.sockets = Some(self.open_sockets(top, gid)?);
             }
         }
         if let Some(e) = &self.egress {
@@ -175,15 +175,20 @@ impl SandboxRunner {
             let claim = self.ids.as_ref().map(|r| r.claim_path().to_path_buf());
             let mut trees: Vec<&std::path::Path> =
                 state_guard.0.iter().map(|d| d.as_path()).collect();
-            let links = match (&self.sockets, &self.socket_host) {
-                (Some(sd), Some((_, true))) => {
-                    vec![sd.links_dir().to_path_buf(), sd.host_dir().to_path_buf()]
+            // The socket directory's tmpfs is unmounted first; in the host's
+            // PLUGIN_UNIX_SOCKET_DIR its mount point (or plain directory) is removed too.
+            let mounts: Vec<&std::path::Path> = match (&self.sockets, &self.socket_host) {
+                (Some(_), Some((top, host_owned))) => {
+                    if *host_owned {
+                        trees.push(top.as_path());
+                    }
+                    vec![top.as_path()]
                 }
                 _ => Vec::new(),
             };
-            trees.extend(links.iter().map(|p| p.as_path()));
             self.reaped = Some(crate::reaper::register(
                 &self.id,
+                &mounts,
                 &cgroups,
                 &trees,
                 &record
@@ -396,7 +401,8 @@ struct DirGuard(Option<std::path::PathBuf>);
 impl Drop for DirGuard {
     fn drop(&mut self) {
         if let Some(d) = self.0.take() {
-            let _ = std::fs::remove_dir_all(d);
+            // Unmounts the socket directory's file system recorded there first.
+            let _ = crate::state::remove_path(&d);
         }
     }
 }
