@@ -306,7 +306,10 @@ impl SocketDir {
         limits: Option<crate::sockfs::TmpfsLimits>,
     ) -> Result<SocketDir, SocketDirError> {
         let (Some(up), Some(name)) = (dir.parent(), dir.file_name()) else {
-            return Err(invalid(dir, "must be an absolute path with a parent directory"));
+            return Err(invalid(
+                dir,
+                "must be an absolute path with a parent directory",
+            ));
         };
         if !dir.is_absolute() {
             return Err(invalid(dir, "must be an absolute path"));
@@ -328,13 +331,11 @@ impl SocketDir {
             e
         };
         // mkdir applies the umask: the plugin must be able to pass through.
-        if let Err(e) = open_path_dir(top.up_fd.as_fd(), name.as_ref(), dir)
-            .and_then(|fd| {
-                let rd = reopen_dir(fd.as_fd()).map_err(|e| io_err("open directory", dir, e))?;
-                rfs::fchmod(&rd, Mode::from_raw_mode(0o711))
-                    .map_err(|e| io_err("change mode of", dir, e))
-            })
-        {
+        if let Err(e) = open_path_dir(top.up_fd.as_fd(), name.as_ref(), dir).and_then(|fd| {
+            let rd = reopen_dir(fd.as_fd()).map_err(|e| io_err("open directory", dir, e))?;
+            rfs::fchmod(&rd, Mode::from_raw_mode(0o711))
+                .map_err(|e| io_err("change mode of", dir, e))
+        }) {
             return Err(fail(&top, e));
         }
         if let Some(limits) = limits {
@@ -757,10 +758,7 @@ impl SocketDir {
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default();
         match &self.created {
-            Some(Created {
-                top: Some(top),
-                ..
-            }) if top.mounted => {
+            Some(Created { top: Some(top), .. }) if top.mounted => {
                 // Whatever the plugin made in it goes with the file system.
                 crate::sockfs::unmount(&top.path).map_err(|source| SocketDirError::Io {
                     op: "unmount",

@@ -85,7 +85,12 @@ pub(crate) fn register(
     msg.push(b'+');
     msg.extend_from_slice(id.as_bytes());
     msg.push(0);
-    for (kind, paths) in [(b'm', mounts), (b'c', cgroups), (b'd', trees), (b'r', records)] {
+    for (kind, paths) in [
+        (b'm', mounts),
+        (b'c', cgroups),
+        (b'd', trees),
+        (b'r', records),
+    ] {
         for p in paths.iter().filter(|p| p.is_absolute()) {
             let bytes = p.as_os_str().as_bytes();
             if bytes.contains(&0) {

@@ -48,10 +48,7 @@ pub(crate) fn mount(path: &Path, limits: TmpfsLimits) -> std::io::Result<()> {
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC
         | MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
-    let data = format!(
-        "size={},nr_inodes={},mode=0711",
-        limits.size, limits.inodes
-    );
+    let data = format!("size={},nr_inodes={},mode=0711", limits.size, limits.inodes);
     nix::mount::mount(
         Some("sandbox-sockets"),
         path,
@@ -189,7 +186,8 @@ fn name_of(parent: &OwnedFd, ino: u64) -> rustix::io::Result<Option<CString>> {
 /// time, closing the one above, and climbs back through `..`, checking at each level that
 /// it is the directory it came from (by device and inode). Meant for trees nothing else
 /// changes any more (the sandbox that made it is gone); a directory moved meanwhile stops
-/// it with `ESTALE` rather than letting it climb anywhere else.
+/// it with `ESTALE` rather than letting it climb anywhere else, and a mount point below
+/// `name` with `EBUSY`, before anything in that other file system is touched.
 pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &Path) -> rustix::io::Result<()> {
     let name = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
         .map_err(|_| Errno::INVAL)?;
@@ -216,6 +214,10 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &Path) -> rustix::io::Result
                     Err(e) => return Err(e),
                 };
                 let st = rfs::fstat(&cur)?;
+                if rfs::fstat(&child)?.st_dev != st.st_dev {
+                    // A mount point: never empty a file system it was not asked to.
+                    return Err(Errno::BUSY);
+                }
                 above.push((st.st_dev, st.st_ino));
                 cur = child;
             }
@@ -229,11 +231,11 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &Path) -> rustix::io::Result
                 if (st.st_dev, st.st_ino) != (dev, ino) {
                     return Err(Errno::STALE);
                 }
-                if let Some(n) = name_of(&up, here.st_ino)? {
-                    match rfs::unlinkat(&up, &n, AtFlags::REMOVEDIR) {
-                        Ok(()) | Err(Errno::NOENT) => {}
-                        Err(e) => return Err(e),
-                    }
+                // Gone from `up` meanwhile, it would never be found again: stop.
+                let n = name_of(&up, here.st_ino)?.ok_or(Errno::STALE)?;
+                match rfs::unlinkat(&up, &n, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
                 }
                 cur = up;
             }
@@ -282,7 +284,11 @@ mod tests {
         remove_tree(&top).unwrap();
         assert!(fds() <= before, "fds leaked");
         assert!(!top.exists(), "the tree is left");
-        assert_eq!(std::fs::read(&outside).unwrap(), b"keep", "followed a symlink out");
+        assert_eq!(
+            std::fs::read(&outside).unwrap(),
+            b"keep",
+            "followed a symlink out"
+        );
     }
 
     #[test]

@@ -451,7 +451,11 @@ fn cli_wrapper_with_an_old_plugin_using_tmpdir() {
     // TMPDIR points into the socket directory only when a profile asks for it.
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("old.toml");
-    std::fs::write(&profile, "extends = \"go-plugin\"\n[sockets]\ntmpdir = true\n").unwrap();
+    std::fs::write(
+        &profile,
+        "extends = \"go-plugin\"\n[sockets]\ntmpdir = true\n",
+    )
+    .unwrap();
     let before = HostState::take();
     let p = exe();
     drive_cli(cli(
@@ -490,7 +494,10 @@ fn cli_wrapper_honours_the_hosts_socket_dir() {
     // holding its sockets and the verified links) goes.
     assert!(dir.path().exists());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
-    assert!(leftovers.is_empty(), "left in the host's directory: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "left in the host's directory: {leftovers:?}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d), "a mount left under {d}");
 }

@@ -349,8 +349,8 @@ impl SandboxRunner {
         };
         // Only a privileged runner can mount; rootless, the directory is a plain one in the
         // caller's runtime directory (see the README's "Socket directory").
-        let privileged = self.plan.ids() != crate::plan::IdMode::Caller
-            && nix::unistd::geteuid().is_root();
+        let privileged =
+            self.plan.ids() != crate::plan::IdMode::Caller && nix::unistd::geteuid().is_root();
         let limits = privileged.then_some(crate::sockfs::TmpfsLimits {
             size: self.profile.sockets.size.0,
             inodes: self.profile.sockets.inodes,
@@ -358,7 +358,10 @@ impl SandboxRunner {
         let state = crate::state::dir_of(&self.id);
         crate::sockfs::record(&state, top).map_err(|e| {
             Error::host(
-                format!("writing {}", state.join(crate::sockfs::MOUNT_RECORD).display()),
+                format!(
+                    "writing {}",
+                    state.join(crate::sockfs::MOUNT_RECORD).display()
+                ),
                 e,
             )
         })?;
