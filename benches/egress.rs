@@ -5,8 +5,12 @@
 //!    being ready to that byte. *direct*: the client connects to the sink. *CONNECT tunnel*:
 //!    the client opens a tunnel through the egress HTTP proxy (`CONNECT bench.test:PORT`,
 //!    answered by an injected resolver with 127.0.0.1) and writes through it; the proxy
-//!    relays with its default 64 KiB buffers. Writes are 128 KiB. `EGRESS_RUNS` (default 3)
-//!    runs of each, interleaved; the ratio is of the medians (target: at least 0.8x).
+//!    relays with its default 256 KiB buffers (`EGRESS_RELAY_KIB` to try others). Writes are
+//!    128 KiB. `EGRESS_RUNS` (default 3) runs of each, interleaved; the ratio is of the
+//!    medians (target: at least 0.8x). Each run also reports the CPU time (user + system)
+//!    the whole process used meanwhile: client, proxy and sink all run in it, so on a
+//!    machine shared with other work, where wall-clock rates swing with the CPU left to this
+//!    process, the ratio of CPU time per GiB still says what the tunnel costs.
 //! 2. Connection setup: `EGRESS_SETUP_N` (default 1000) sequential connections, each until a
 //!    1-byte echo came back. *direct*: TCP connect to an echo server + echo. *CONNECT*: TCP
 //!    connect to the proxy, HTTP/1 handshake, `CONNECT`, 200, echo through the tunnel (the
@@ -97,8 +101,20 @@ async fn tunnel(proxy: SocketAddr, target: &str) -> TokioIo<hyper::upgrade::Upgr
     TokioIo::new(hyper::upgrade::on(resp).await.unwrap())
 }
 
-async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64) -> Duration {
+/// CPU time (user + system) this process used so far, all threads.
+fn cpu_time() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    d(u.user_time()) + d(u.system_time())
+}
+
+/// Writes `bytes` and waits for the sink's answer: the wall-clock time and the process's CPU
+/// time meanwhile.
+async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64) -> (Duration, Duration) {
     let chunk = vec![0u8; 128 * 1024];
+    let cpu = cpu_time();
     let start = Instant::now();
     let mut left = bytes;
     while left > 0 {
@@ -109,7 +125,7 @@ async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, bytes: u64) -> Durati
     s.shutdown().await.unwrap();
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await.unwrap();
-    start.elapsed()
+    (start.elapsed(), cpu_time().saturating_sub(cpu))
 }
 
 async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
@@ -170,24 +186,35 @@ async fn run() {
     push(TcpStream::connect(sink).await.unwrap(), bytes / 8).await;
     push(tunnel(proxy, &sink_target).await, bytes / 8).await;
     let (mut direct, mut tunneled) = (Vec::new(), Vec::new());
+    let (mut direct_cpu, mut tunneled_cpu) = (Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for _ in 0..runs {
-        let d = push(TcpStream::connect(sink).await.unwrap(), bytes).await;
-        let t = push(tunnel(proxy, &sink_target).await, bytes).await;
+        let (d, d_cpu) = push(TcpStream::connect(sink).await.unwrap(), bytes).await;
+        let (t, t_cpu) = push(tunnel(proxy, &sink_target).await, bytes).await;
         let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / (1u64 << 30) as f64;
         direct.push(rate(d));
         tunneled.push(rate(t));
+        direct_cpu.push(ms(d_cpu) / gib);
+        tunneled_cpu.push(ms(t_cpu) / gib);
         println!(
-            "  run: direct {:.2} GiB/s ({:.0} ms), CONNECT tunnel {:.2} GiB/s ({:.0} ms)",
+            "  run: direct {:.2} GiB/s ({:.0} ms, CPU {:.0} ms), CONNECT tunnel {:.2} GiB/s ({:.0} ms, CPU {:.0} ms)",
             rate(d),
-            d.as_secs_f64() * 1e3,
+            ms(d),
+            ms(d_cpu),
             rate(t),
-            t.as_secs_f64() * 1e3
+            ms(t),
+            ms(t_cpu)
         );
     }
     let (md, mt) = (median(&mut direct), median(&mut tunneled));
     println!(
         "  median: direct {md:.2} GiB/s, CONNECT tunnel {mt:.2} GiB/s, ratio {:.2}x (target >= 0.8x)",
         mt / md
+    );
+    let (cd, ct) = (median(&mut direct_cpu), median(&mut tunneled_cpu));
+    println!(
+        "  CPU time per GiB (median): direct {cd:.0} ms, CONNECT tunnel {ct:.0} ms, ratio {:.2}x",
+        cd / ct
     );
 
     // 2. Connection setup.
