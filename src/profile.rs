@@ -403,6 +403,13 @@ pub struct SocketsConfig {
     /// `PLUGIN_UNIX_SOCKET_DIR` and create their socket in the OS temp dir (default true).
     #[serde(default = "yes")]
     pub tmpdir: bool,
+    /// Brokered connect (default false): the plugin's `connect()` calls go to the host
+    /// (seccomp user notification), which connects the plugin's own socket to a unix socket
+    /// the host process created after the sandbox started, named `plugin<digits>` in the
+    /// host's `PLUGIN_UNIX_SOCKET_DIR` or temp dir: go-plugin's non-multiplexed
+    /// `GRPCBroker` servers. Every other connect happens inside the sandbox as before.
+    #[serde(default)]
+    pub broker: bool,
 }
 
 /// The namespaces a sandbox is cloned into. Each is on unless the profile says `false`.

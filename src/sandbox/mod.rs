@@ -118,6 +118,13 @@ impl SandboxRunner {
         } else {
             None
         };
+        if profile.sockets.broker && profile.detach {
+            return Err(Error::InvalidCommand(
+                "sockets.broker needs an attached sandbox: its connects are made by the host \
+                 process, which a detached sandbox outlives"
+                    .into(),
+            ));
+        }
         // Planning is the first phase of the start span (closed when start() ends).
         let start_span = tracing::info_span!("start", id = %id);
         let plan_span = tracing::info_span!(parent: &start_span, "plan").entered();
