@@ -497,6 +497,68 @@ fn cli_wrapper_brokers_a_tmpdir_socket() {
     before.assert_unchanged();
 }
 
+const NOBODY: u32 = 65534;
+
+/// Rootless mode: the host is an unprivileged user (65534 through `setpriv`), the owner of
+/// the sandbox's user namespace; `pidfd_getfd` and `process_vm_readv` on the plugin are
+/// allowed to it, and the exchange works as for root.
+fn rootless_host_brokers_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let before = HostState::take();
+    let dir = tempfile::Builder::new()
+        .prefix("bk")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("broker");
+    std::fs::copy(exe(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["t", "x"] {
+        let p = dir.path().join(d);
+        std::fs::create_dir(&p).unwrap();
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let id = NOBODY.to_string();
+    let out = Command::new("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"])
+        .arg(&copy)
+        .arg("rootless-host")
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path().join("t"))
+        // Short: the socket directory's paths must fit a unix socket address.
+        .env("XDG_RUNTIME_DIR", dir.path().join("x"))
+        .env_remove("PLUGIN_UNIX_SOCKET_DIR")
+        .env_remove("SANDBOX_RUNNER_STATE_DIR")
+        .env_remove("SANDBOX_RUNNER_RUN_DIR")
+        .stdin(PStdio::null())
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("reply: ok pong: hello"),
+        "rootless host: {out:?}"
+    );
+    before.assert_unchanged();
+}
+
+/// The unprivileged host of [`rootless_host_brokers_too`].
+fn rootless_host_main() -> i32 {
+    let mut p = profile(true);
+    // No cgroup without a delegated subtree; the user namespace is the caller's.
+    p.limits = Default::default();
+    p.rootless = sandbox_runner::profile::RootlessMode::Auto;
+    let tmp = PathBuf::from(std::env::var_os("TMPDIR").unwrap());
+    with_plugin(p, |addr| {
+        let path = tmp.join(broker_name());
+        let server = HostListener::bind(&path).serve_one();
+        let reply = ask(addr, &format!("dial {}", path.display()));
+        println!("reply: {reply}");
+        println!("served: {}", server.join().unwrap());
+    });
+    0
+}
+
 // ---------------------------------------------------------------- a tiny harness
 
 fn main() {
@@ -504,6 +566,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("plugin") => std::process::exit(plugin_main()),
         Some("listener-control") => std::process::exit(listener_control_main()),
+        Some("rootless-host") => std::process::exit(rootless_host_main()),
         _ => {}
     }
     let tests: &[(&str, fn())] = &[
@@ -548,6 +611,7 @@ fn main() {
             "cli_wrapper_brokers_a_tmpdir_socket",
             cli_wrapper_brokers_a_tmpdir_socket,
         ),
+        ("rootless_host_brokers_too", rootless_host_brokers_too),
     ];
     // A name filter, as libtest takes it; the values of libtest's own options are not one.
     let mut filter = None;
