@@ -113,10 +113,7 @@ pub fn decide(sockaddr: &[u8], allowed: &[Vec<Vec<u8>>]) -> Decision {
     let Some(parent) = normalize_dir(parent) else {
         return Decision::Continue;
     };
-    match allowed
-        .iter()
-        .position(|forms| forms.contains(&parent))
-    {
+    match allowed.iter().position(|forms| forms.contains(&parent)) {
         Some(dir) => Decision::Broker {
             dir,
             name: name.to_vec(),
