@@ -119,11 +119,12 @@ impl SandboxRunner {
             None
         };
         if profile.sockets.broker && profile.detach {
-            return Err(Error::InvalidCommand(
-                "sockets.broker needs an attached sandbox: its connects are made by the host \
-                 process, which a detached sandbox outlives"
-                    .into(),
-            ));
+            // The brokered connects are made by the host process, which a detached sandbox
+            // outlives: it runs without them (as `detach` runs `go-plugin` profiles).
+            tracing::warn!(
+                "sockets.broker has no effect on a detached sandbox: the plugin's connects \
+                 stay inside it"
+            );
         }
         // Planning is the first phase of the start span (closed when start() ends).
         let start_span = tracing::info_span!("start", id = %id);

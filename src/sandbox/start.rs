@@ -114,7 +114,7 @@ impl SandboxRunner {
         init_keep.extend_from_slice(self.plan.pass_fds());
         plugin_keep.extend_from_slice(self.plan.pass_fds());
         // Brokered connect: the plugin sends its seccomp listener over this pair.
-        let broker_pair = if self.profile.sockets.broker {
+        let broker_pair = if self.profile.sockets.broker && !self.plan.detach {
             let (host, plugin) = broker_pair()?;
             init_keep.push(plugin.as_raw_fd());
             plugin_keep.push(plugin.as_raw_fd());
