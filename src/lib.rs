@@ -27,6 +27,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod addr;
+pub mod broker;
 pub mod cgroup;
 pub mod check;
 pub mod child;

@@ -413,6 +413,13 @@ pub struct SocketsConfig {
     /// included (default 64).
     #[serde(default = "default_sockets_inodes")]
     pub inodes: u64,
+    /// Brokered connect (default false): the plugin's `connect()` calls go to the host
+    /// (seccomp user notification), which connects the plugin's own socket to a unix socket
+    /// the host process created after the sandbox started, named `plugin<digits>` in the
+    /// host's `PLUGIN_UNIX_SOCKET_DIR` or temp dir: go-plugin's non-multiplexed
+    /// `GRPCBroker` servers. Every other connect happens inside the sandbox as before.
+    #[serde(default)]
+    pub broker: bool,
 }
 
 impl Default for SocketsConfig {
@@ -423,6 +430,7 @@ impl Default for SocketsConfig {
             tmpdir: false,
             size: default_sockets_size(),
             inodes: default_sockets_inodes(),
+            broker: false,
         }
     }
 }

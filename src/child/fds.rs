@@ -43,6 +43,9 @@ pub(crate) struct ChildFds {
     /// Which of fds 0, 1, 2 the plugin makes its controlling terminal (the runner's
     /// pseudo-terminal slave standing for the caller's terminal), or -1.
     pub ctty: RawFd,
+    /// The plugin's end of the broker socket (`CLOEXEC`), or -1: the plugin installs the
+    /// brokered-connect filter and sends its listener there (`[sockets] broker`).
+    pub broker: RawFd,
 }
 
 impl ChildFds {

@@ -244,6 +244,15 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
                 fail(e, Step::PassFds, err)
             }
         }
+        // The brokered-connect filter before the profile's programs (the kernel runs them
+        // all and takes the strictest answer, so the order changes no decision): installing
+        // it and sending its listener need `seccomp` and `sendmsg`, which a profile may deny.
+        // The listener is closed here; the plugin never holds it.
+        if fds.broker >= 0 {
+            if let Err(err) = seccomp::install_connect_listener(fds.broker) {
+                fail(e, Step::Broker, err)
+            }
+        }
         // seccomp last: nothing of the setup is filtered, only the plugin from its execve on.
         if let Err(err) = seccomp::apply(&plan.seccomp) {
             fail(e, Step::Seccomp, err)

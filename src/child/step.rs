@@ -69,10 +69,13 @@ pub enum Step {
     /// A session of the plugin's own with the runner's pseudo-terminal as its controlling
     /// terminal (`setsid`, `TIOCSCTTY`).
     Ctty = 29,
+    /// Installing the brokered-connect filter (`SECCOMP_RET_USER_NOTIF` for `connect`) and
+    /// handing its listener to the host (`[sockets] broker`).
+    Broker = 30,
 }
 
 impl Step {
-    const ALL: [Step; 29] = [
+    const ALL: [Step; 30] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -102,6 +105,7 @@ impl Step {
         Step::Ids,
         Step::CgroupNs,
         Step::Ctty,
+        Step::Broker,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -141,6 +145,7 @@ impl Step {
             Step::Ids => "become root of the user namespace",
             Step::CgroupNs => "enter a new cgroup namespace",
             Step::Ctty => "take the terminal as controlling terminal",
+            Step::Broker => "install the brokered-connect filter and hand over its listener",
         }
     }
 }

@@ -118,6 +118,14 @@ impl SandboxRunner {
         } else {
             None
         };
+        if profile.sockets.broker && profile.detach {
+            // The brokered connects are made by the host process, which a detached sandbox
+            // outlives: it runs without them (as `detach` runs `go-plugin` profiles).
+            tracing::warn!(
+                "sockets.broker has no effect on a detached sandbox: the plugin's connects \
+                 stay inside it"
+            );
+        }
         // Planning is the first phase of the start span (closed when start() ends).
         let start_span = tracing::info_span!("start", id = %id);
         let plan_span = tracing::info_span!(parent: &start_span, "plan").entered();

@@ -31,6 +31,8 @@ pub(super) struct Running {
     pub(super) egress: Mutex<Option<crate::egress::ShutdownHandle>>,
     /// Host-side state directory, removed once the sandbox has ended.
     pub(super) state_dir: Option<std::path::PathBuf>,
+    /// The brokered-connect supervisor (`[sockets] broker`), stopped once the init is reaped.
+    pub(super) broker: Mutex<Option<crate::broker::Supervisor>>,
 }
 
 impl Running {
@@ -109,6 +111,8 @@ impl Running {
         *g = Some(s);
         self.finish_cgroup();
         drop(self.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
+        // No process of the sandbox is left to make a connect: the supervisor ends.
+        drop(self.broker.lock().unwrap_or_else(|p| p.into_inner()).take());
         if self.detached {
             // A detached sandbox owns its cgroups through its init, which is gone now.
             let _ = crate::cgroup::reclaim_stale();

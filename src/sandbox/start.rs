@@ -113,6 +113,15 @@ impl SandboxRunner {
         let mut plugin_keep = vec![err_w.as_raw_fd(), vm_w.as_raw_fd()];
         init_keep.extend_from_slice(self.plan.pass_fds());
         plugin_keep.extend_from_slice(self.plan.pass_fds());
+        // Brokered connect: the plugin sends its seccomp listener over this pair.
+        let broker_pair = if self.profile.sockets.broker && !self.plan.detach {
+            let (host, plugin) = broker_pair()?;
+            init_keep.push(plugin.as_raw_fd());
+            plugin_keep.push(plugin.as_raw_fd());
+            Some((host, plugin))
+        } else {
+            None
+        };
         let fds = ChildFds {
             stdin: stdin_fd,
             stdout: stdout_fd,
@@ -131,8 +140,13 @@ impl SandboxRunner {
             plugin_stack: 0,
             plugin_stack_size: 0,
             ctty: caller.terminal_fd().map_or(-1, |n| n as i32),
+            broker: broker_pair.as_ref().map_or(-1, |(_, p)| p.as_raw_fd()),
         };
         child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
+        let broker_host = broker_pair.map(|(host, plugin)| {
+            child_side.push(plugin);
+            host
+        });
         drop(setup_span);
 
         let cgroup_span = tracing::info_span!("cgroup").entered();
@@ -224,6 +238,11 @@ impl SandboxRunner {
         // left it and the init was killed and reaped (the last holder removes it).
         let cgroup = Arc::new(Mutex::new(cgroup));
         let keepalive = has_cgroup.then(|| cgroup.clone() as Arc<dyn std::any::Any + Send + Sync>);
+        // The broker's rules are the host's directories and uid as they are now, and only
+        // sockets made from now on qualify.
+        let broker_rules = broker_host
+            .as_ref()
+            .map(|_| crate::broker::Rules::now(&|k| std::env::var_os(k)));
         let clone_span = tracing::info_span!("clone");
         let pending = spawn::spawn(
             self.plan.clone(),
@@ -308,6 +327,7 @@ impl SandboxRunner {
             watcher: Mutex::new(None),
             counters: Mutex::new(None),
             egress: Mutex::new(egress_stop),
+            broker: Mutex::new(None),
         };
         // The spawner is done with the job: the cgroup is ours alone again.
         let cgroup = cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -353,6 +373,13 @@ impl SandboxRunner {
                 "error pipe",
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated step record"),
             ));
+        }
+        if let (Some(host), Some(rules)) = (broker_host, broker_rules) {
+            // The plugin sent its listener just before its execve, which has happened.
+            let listener = receive_fd(&host)?;
+            let sup = crate::broker::Supervisor::spawn(listener, rules, &self.id)
+                .map_err(|e| Error::host("broker: starting the supervisor thread", e))?;
+            *running.broker.lock().unwrap_or_else(|p| p.into_inner()) = Some(sup);
         }
         let (relays_guard, relays) = caller.start(running.pidfd.get_ref().as_fd())?;
         self.stdio = Some(relays_guard);
@@ -488,4 +515,57 @@ fn write_all(fd: &OwnedFd, buf: &[u8]) -> Result<(), Error> {
     rustix::io::write(fd, buf)
         .map(drop)
         .map_err(|e| Error::host("sync pipe", e))
+}
+
+/// The socket pair of the brokered connect, `(host end, plugin end)`, both `CLOEXEC` and
+/// above 2.
+fn broker_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::host("broker: socketpair", e))?;
+    Ok((stdio::above2(a)?, stdio::above2(b)?))
+}
+
+/// The seccomp listener the plugin sent on `host` (one byte with `SCM_RIGHTS`).
+fn receive_fd(host: &OwnedFd) -> Result<OwnedFd, Error> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let got = rustix::net::recvmsg(
+        host,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut anc,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    );
+    let none = |why: &str| {
+        Error::host(
+            "broker: receiving the plugin's seccomp listener",
+            std::io::Error::other(why.to_string()),
+        )
+    };
+    match got {
+        Err(e) => {
+            return Err(Error::host(
+                "broker: receiving the plugin's seccomp listener",
+                e,
+            ))
+        }
+        Ok(r) if r.bytes == 0 => return Err(none("the plugin sent nothing")),
+        Ok(_) => {}
+    }
+    let mut listener = None;
+    for msg in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            for fd in fds {
+                listener.get_or_insert(fd);
+            }
+        }
+    }
+    listener.ok_or_else(|| none("no fd came with the message"))
 }
