@@ -51,8 +51,10 @@ pub const SANDBOX_SOCKET_DIR: &str = "/run/plugin-sockets";
 /// The longest unix socket path, in bytes: `sun_path` is 108 bytes including the final NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// Room reserved for the unique names of links in `links_dir` (see `next_link_name`).
-const LINK_NAME_MAX: usize = 40;
+/// Room reserved for the unique names of links in `links_dir` (see `next_link_name`): a pid
+/// (at most `0x400000`, 6 hex digits), a `u64` counter (16) and nanoseconds (8), with two
+/// dashes.
+const LINK_NAME_MAX: usize = 32;
 
 /// Why a [`SocketDir`] could not be created, opened or removed.
 #[derive(Debug, thiserror::Error)]
