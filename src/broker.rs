@@ -295,6 +295,7 @@ fn coarse_now() -> (i64, u32) {
 pub(crate) struct Supervisor {
     stop_w: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    rules: Arc<Rules>,
 }
 
 impl Supervisor {
@@ -304,14 +305,25 @@ impl Supervisor {
         let sizes = notif_sizes()?;
         let rules = Arc::new(rules);
         let id = id.to_string();
+        let theirs = rules.clone();
         let thread = std::thread::Builder::new()
             .name("sandbox-broker".into())
             .stack_size(128 * 1024)
-            .spawn(move || serve(listener, stop_r, sizes, &rules, &id))?;
+            .spawn(move || serve(listener, stop_r, sizes, &theirs, &id))?;
         Ok(Supervisor {
             stop_w: Some(stop_w),
             thread: Some(thread),
+            rules,
         })
+    }
+
+    /// Whether a `connect` of the plugin to the unix path `addr` is brokered: `plugin<digits>`
+    /// in one of the allowed host directories. Only the name and directory are judged here;
+    /// the socket itself is checked when the plugin connects.
+    pub(crate) fn admits(&self, addr: &str) -> bool {
+        let mut sa = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        sa.extend_from_slice(addr.as_bytes());
+        matches!(decide(&sa, &self.rules.forms), Decision::Broker { .. })
     }
 
     /// Ends the thread and waits for it (at most a second: a blocking connect of a plugin

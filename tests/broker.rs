@@ -18,7 +18,7 @@ use std::process::{Command, Stdio as PStdio};
 use std::time::{Duration, Instant};
 
 use sandbox_runner::goplugin::start_and_handshake;
-use sandbox_runner::{AttachedRunner, Profile, SandboxRunner};
+use sandbox_runner::{AddrTranslator, AttachedRunner, Profile, SandboxRunner};
 
 const COOKIE_KEY: &str = "SANDBOX_TEST_COOKIE";
 const COOKIE: &str = "c00kie-b40k";
@@ -236,7 +236,7 @@ fn profile(broker: bool) -> Profile {
 }
 
 /// Starts the plugin under `profile`, then runs `case` with the plugin's handshake address.
-fn with_plugin(profile: Profile, case: impl FnOnce(&str)) {
+fn with_plugin(profile: Profile, case: impl FnOnce(&str, &SandboxRunner)) {
     std::env::set_var(COOKIE_KEY, COOKIE);
     let rt = rt();
     let (r, addr) = rt.block_on(async {
@@ -246,7 +246,7 @@ fn with_plugin(profile: Profile, case: impl FnOnce(&str)) {
             .unwrap();
         (r, c.addr)
     });
-    case(&addr);
+    case(&addr, &r);
     rt.block_on(async {
         r.kill().await.unwrap();
     });
@@ -262,10 +262,22 @@ fn exchange_works(with_sockdir: bool) {
         Some(d) => d.path().to_path_buf(),
         None => env.tmp().to_path_buf(),
     };
-    with_plugin(profile(true), |addr| {
+    with_plugin(profile(true), |addr, r| {
         let path = dir.join(broker_name());
         let server = HostListener::bind(&path).serve_one();
-        let reply = ask(addr, &format!("dial {}", path.display()));
+        // A library host translates its broker address for the plugin: unchanged, since
+        // the plugin's connect to it is brokered.
+        let (net, inside) = r.host_to_plugin("unix", path.to_str().unwrap()).unwrap();
+        assert_eq!(
+            (net.as_str(), inside.as_str()),
+            ("unix", path.to_str().unwrap())
+        );
+        let other = dir.join("host-only.sock");
+        assert!(
+            r.host_to_plugin("unix", other.to_str().unwrap()).is_err(),
+            "a host path that is not a broker socket was translated"
+        );
+        let reply = ask(addr, &format!("dial {inside}"));
         assert_eq!(reply, "ok pong: hello", "dialing {}", path.display());
         assert!(server.join().unwrap(), "the host listener saw the plugin");
     });
@@ -286,7 +298,7 @@ fn plugin_unix_socket_dir_broker_socket_is_connected() {
 fn refused(what: &str, broker: bool, setup: impl FnOnce(&HostEnv) -> (String, HostListener)) {
     let before = HostState::take();
     let env = HostEnv::new(false);
-    with_plugin(profile(broker), |addr| {
+    with_plugin(profile(broker), |addr, _r| {
         let (dial, host) = setup(&env);
         let reply = ask(addr, &format!("dial {dial}"));
         eprintln!("{what}: {dial}: {reply}");
@@ -318,7 +330,7 @@ fn refuses_a_socket_made_before_the_start() {
     let host = HostListener::bind(&path);
     // A tick of the coarse clock the file systems stamp with.
     std::thread::sleep(Duration::from_millis(50));
-    with_plugin(profile(true), |addr| {
+    with_plugin(profile(true), |addr, _r| {
         let reply = ask(addr, &format!("dial {}", path.display()));
         assert!(reply.starts_with("err connect"), "{reply:?}");
         assert!(
@@ -391,7 +403,7 @@ fn without_the_key_a_host_broker_socket_is_unreachable() {
 fn the_plugin_holds_no_seccomp_listener() {
     let before = HostState::take();
     let env = HostEnv::new(false);
-    with_plugin(profile(true), |addr| {
+    with_plugin(profile(true), |addr, _r| {
         assert_eq!(ask(addr, "fds"), "seccomp-fds 0");
         // Control: the scan sees a listener where there is one.
         seccomp_listener_control();
@@ -549,7 +561,7 @@ fn rootless_host_main() -> i32 {
     p.limits = Default::default();
     p.rootless = sandbox_runner::profile::RootlessMode::Auto;
     let tmp = PathBuf::from(std::env::var_os("TMPDIR").unwrap());
-    with_plugin(p, |addr| {
+    with_plugin(p, |addr, _r| {
         let path = tmp.join(broker_name());
         let server = HostListener::bind(&path).serve_one();
         let reply = ask(addr, &format!("dial {}", path.display()));

@@ -442,6 +442,16 @@ impl AddrTranslator for SandboxRunner {
     }
 
     fn host_to_plugin(&self, network: &str, addr: &str) -> Result<(String, String), AddrError> {
+        // A go-plugin broker server the host made in its own directory: the plugin dials the
+        // host's path as is, and the brokered connect reaches it (`[sockets] broker`).
+        if network == "unix" {
+            if let Some(r) = &self.running {
+                let brokered = r.broker.lock().unwrap_or_else(|p| p.into_inner());
+                if brokered.as_ref().is_some_and(|b| b.admits(addr)) {
+                    return Ok(("unix".to_owned(), addr.to_owned()));
+                }
+            }
+        }
         match &self.sockets {
             Some(sd) => sd.host_to_plugin(network, addr),
             None => translate(self.profile.namespaces.net, network, addr),
