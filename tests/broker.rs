@@ -86,6 +86,17 @@ fn plugin_main() -> i32 {
         let cmd = cmd.trim_end();
         let reply = if let Some(p) = cmd.strip_prefix("dial ") {
             dial(p)
+        } else if cmd == "serve" {
+            // A broker server of the plugin's, as go-plugin makes it without multiplexing
+            // (os.CreateTemp(PLUGIN_UNIX_SOCKET_DIR, "plugin")), announced by its path.
+            let p = format!("{dir}/plugin{}7", std::process::id());
+            let server = UnixListener::bind(&p).unwrap();
+            std::thread::spawn(move || {
+                if let Ok((mut c, _)) = server.accept() {
+                    let _ = writeln!(c, "from the plugin's broker server");
+                }
+            });
+            format!("ok {p}")
         } else if cmd == "fds" {
             format!("seccomp-fds {}", seccomp_fds())
         } else {
@@ -280,6 +291,16 @@ fn exchange_works(with_sockdir: bool) {
         let reply = ask(addr, &format!("dial {inside}"));
         assert_eq!(reply, "ok pong: hello", "dialing {}", path.display());
         assert!(server.join().unwrap(), "the host listener saw the plugin");
+        // The other way: the plugin's broker server, announced by the path it bound, which
+        // the host dials as is (its socket directory is at the same path on both sides).
+        let reply = ask(addr, "serve");
+        let theirs = reply
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("{reply}"));
+        let mut c = UnixStream::connect(theirs).unwrap_or_else(|e| panic!("dial {theirs}: {e}"));
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "from the plugin's broker server\n");
     });
     drop(env);
     before.assert_unchanged();

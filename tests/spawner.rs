@@ -912,7 +912,7 @@ fn a_sigkilled_library_host_leaves_nothing_within_two_seconds() {
             "no cgroup for {id}: {had:?}"
         );
     }
-    let sock_dir = state.join(&ids[2]).join("sock");
+    let sock_dir = state.join(&ids[2]).join("s/sock");
     assert!(sock_dir.join("p.sock").exists(), "{had:?}");
     let _ = host.0.kill();
     host.0.wait().unwrap();
