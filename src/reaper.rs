@@ -47,6 +47,13 @@ fn socket() -> Option<&'static OwnedFd> {
     .as_ref()
 }
 
+/// Starts this process's reaper now unless it runs already (see
+/// [`SandboxRunner::prewarm`](crate::SandboxRunner::prewarm)); a start that needs it
+/// meanwhile waits for it.
+pub(crate) fn start() {
+    let _ = socket();
+}
+
 /// A sandbox registered with the reaper; dropping it unregisters it (the host cleaned up).
 #[derive(Debug)]
 pub(crate) struct Registration {

@@ -61,6 +61,7 @@ pub use owner::{records_dir, start_time};
 pub use stats::{
     cpu_quota_usec, format_cpu_max, weight_to_shares, Counters, CPU_MIN_QUOTA_USEC, CPU_PERIOD_USEC,
 };
+pub(crate) use watch::prewarm as watch_prewarm;
 pub use watch::Watcher;
 
 /// The directory, below the own (or configured parent) cgroup, that holds the sandboxes.

@@ -83,6 +83,12 @@ struct Hub {
     next: AtomicU64,
 }
 
+/// Starts the watch hub's thread now unless it runs already (see
+/// [`SandboxRunner::prewarm`](crate::SandboxRunner::prewarm)).
+pub(crate) fn prewarm() {
+    let _ = Hub::get();
+}
+
 impl Hub {
     /// The hub, started at the first call; `None` if it cannot be (then nothing is watched
     /// and [`Watcher::latest`] reads the files when asked).

@@ -149,6 +149,11 @@ impl SandboxRunner {
         });
         drop(setup_span);
 
+        if !self.plan.detach {
+            // The reaper runs before the sandbox's first cgroup exists (started here at a
+            // process's first attached sandbox, unless `prewarm` started it meanwhile).
+            crate::reaper::start();
+        }
         let cgroup_span = tracing::info_span!("cgroup").entered();
         // The cgroup exists, with its limits, before the child does (and stale cgroups of
         // crashed hosts are reclaimed on the way).
