@@ -39,6 +39,6 @@ BENCH_ITERS="${BENCH_ITERS:-200}" "${rt[@]}" cargo bench --bench start
 echo
 echo "hyperfine cross-check (each command alone, 100 runs):"
 "${rt[@]}" hyperfine -N -w 10 -r 100 --style basic \
-  'target/release/sandbox-run --stdin null -- /bin/true' \
+  "${CARGO_TARGET_DIR:-target}/release/sandbox-run --stdin null -- /bin/true" \
   'unshare --mount --pid --net --ipc --uts --fork /bin/true' \
   'bwrap --unshare-all --ro-bind / / --dev /dev --proc /proc /bin/true'

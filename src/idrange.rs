@@ -204,7 +204,44 @@ fn is_stale(path: &Path) -> bool {
     }
 }
 
+/// Creates the claim `path` holding `text`, failing with `AlreadyExists` if it exists.
+///
+/// Written whole before it has a name (an `O_TMPFILE` linked in with `linkat`, which fails
+/// on an existing name as `O_EXCL` does), so a host SIGKILLed meanwhile leaves no empty
+/// claim behind (nobody would know whose it was, and the block would stay taken for a
+/// minute). Where the file system has no `O_TMPFILE`, an `O_EXCL` create and a write.
 fn create_exclusive(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = std::fs::OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    match tmp {
+        Ok(mut f) => {
+            f.write_all(text)?;
+            // Through /proc/self/fd with AT_SYMLINK_FOLLOW: AT_EMPTY_PATH would need
+            // CAP_DAC_READ_SEARCH.
+            let fd_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+            return rustix::fs::linkat(
+                rustix::fs::CWD,
+                fd_path.as_str(),
+                rustix::fs::CWD,
+                path,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(std::io::Error::from);
+        }
+        Err(e)
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+            ) =>
+        {
+            return Err(e)
+        }
+        Err(_) => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,6 +1,8 @@
 //! The reaper: nothing of a sandbox is left on the host after its host is SIGKILLed.
 //!
-//! Each host process starts one reaper, lazily, at its first attached sandbox:
+//! Each host process starts one reaper, at its first attached sandbox (before that sandbox's
+//! first cgroup exists) or earlier through `SandboxRunner::prewarm`, which `sandbox-run` runs
+//! on a thread of its own at its start:
 //! `sandbox-init` in its reaper mode (`src/init/sandbox-init.c`), started with `posix_spawn`
 //! semantics and then detached from the host, holding one end of a `SOCK_SEQPACKET` pair.
 //! Every attached sandbox is registered with the paths it owns on the host (its cgroups,
@@ -45,6 +47,13 @@ fn socket() -> Option<&'static OwnedFd> {
         }
     })
     .as_ref()
+}
+
+/// Starts this process's reaper now unless it runs already (see
+/// [`SandboxRunner::prewarm`](crate::SandboxRunner::prewarm)); a start that needs it
+/// meanwhile waits for it.
+pub(crate) fn start() {
+    let _ = socket();
 }
 
 /// A sandbox registered with the reaper; dropping it unregisters it (the host cleaned up).

@@ -368,6 +368,74 @@ fn sigkill_of_sandbox_run_kills_the_whole_sandbox_within_1s() {
     );
 }
 
+/// The owner records and id claims that name one of `pids` as their owner.
+fn owned_by(pids: &[i32]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for dir in [
+        sandbox_runner::cgroup::records_dir(),
+        sandbox_runner::idrange::claims_dir(),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let owner = v.get("owner_pid").and_then(|p| p.as_i64());
+            if owner.is_some_and(|o| pids.contains(&(o as i32))) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_of_sandbox_run_early_in_its_start_leaves_nothing() {
+    // Killed at any point of its start (id claim, owner record, cgroup directories, clone),
+    // sandbox-run leaves nothing 2 s later, with no later start and no `check --cleanup`:
+    // the reaper knows every path before it exists. Only what names one of these processes
+    // as its owner is looked at, so other sandboxes on the machine do not matter.
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let mut pids = Vec::new();
+    for round in 0..3u64 {
+        for us in [
+            0u64, 300, 700, 1000, 1500, 2000, 3000, 4000, 6000, 9000, 14000,
+        ] {
+            let mut c = Command::new(bin())
+                .args(["--stdin", "null", "--", "/bin/sleep", "1000"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            pids.push(c.id() as i32);
+            std::thread::sleep(Duration::from_micros(us + round * 150));
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+    let t = Instant::now();
+    loop {
+        let left = owned_by(&pids);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "left 2.5 s after the SIGKILLs: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn bad_input_is_a_clear_error_and_starts_nothing() {
     let _g = serial();

@@ -280,6 +280,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if !cli.detach {
+        // The sealed init, the spawner thread and the reaper (a process of its own, about
+        // half a millisecond to start) come up on a thread of their own while this one
+        // builds the runtime, loads the profile and prepares the start; the start waits
+        // for whatever is not up yet when it needs it, so the reaper still runs before the
+        // first cgroup of the sandbox exists. (Detached sandboxes have no reaper.)
+        std::thread::Builder::new()
+            .name("prewarm".into())
+            .stack_size(128 * 1024)
+            .spawn(SandboxRunner::prewarm)
+            .ok();
+    }
     let code = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -61,7 +61,12 @@ pub use owner::{records_dir, start_time};
 pub use stats::{
     cpu_quota_usec, format_cpu_max, weight_to_shares, Counters, CPU_MIN_QUOTA_USEC, CPU_PERIOD_USEC,
 };
+pub(crate) use watch::prewarm as watch_prewarm;
 pub use watch::Watcher;
+
+/// Told a sandbox cgroup's leaf directories and owner record before they are made (see
+/// [`SandboxCgroup::create_announced`]).
+pub(crate) type Announce<'a> = &'a mut dyn FnMut(&[PathBuf], &Path);
 
 /// The directory, below the own (or configured parent) cgroup, that holds the sandboxes.
 pub const CONTAINER: &str = "sandbox-runner";
@@ -247,6 +252,22 @@ impl SandboxCgroup {
         SandboxCgroup::create_in(&detection, id, limits, parent)
     }
 
+    /// [`create`](Self::create) that first tells `announce` the leaf directories and the
+    /// owner record it is about to make, before anything of them exists on the host: the
+    /// runner registers them with its reaper there, so that a host SIGKILLed at any point of
+    /// the creation leaves nothing (a path that was never made costs the reaper nothing).
+    pub(crate) fn create_announced(
+        id: &str,
+        limits: &Limits,
+        parent: Option<&Path>,
+        announce: Announce<'_>,
+    ) -> Result<SandboxCgroup, CgroupError> {
+        validate_id(id)?;
+        limits.validate()?;
+        let detection = Detection::detect()?;
+        SandboxCgroup::create_inner(&detection, id, limits, parent, Some(announce))
+    }
+
     /// [`create`](Self::create) on an explicit [`Detection`] (e.g.
     /// [`Detection::without_v1`] to force the v2 path).
     pub fn create_in(
@@ -254,6 +275,16 @@ impl SandboxCgroup {
         id: &str,
         limits: &Limits,
         parent: Option<&Path>,
+    ) -> Result<SandboxCgroup, CgroupError> {
+        SandboxCgroup::create_inner(detection, id, limits, parent, None)
+    }
+
+    fn create_inner(
+        detection: &Detection,
+        id: &str,
+        limits: &Limits,
+        parent: Option<&Path>,
+        announce: Option<Announce<'_>>,
     ) -> Result<SandboxCgroup, CgroupError> {
         validate_id(id)?;
         limits.validate()?;
@@ -268,7 +299,11 @@ impl SandboxCgroup {
                 path: existing.clone(),
             });
         }
-        let record = owner::OwnerRecord::for_self(id, version, leaves).write_new(&records_dir())?;
+        let records = records_dir();
+        if let Some(announce) = announce {
+            announce(&leaves, &owner::OwnerRecord::path_in(&records, id));
+        }
+        let record = owner::OwnerRecord::for_self(id, version, leaves).write_new(&records)?;
         let inner = match plan {
             detect::Plan::V1(dirs) => v1::V1Cgroup::create(dirs, limits).map(Inner::V1),
             detect::Plan::V2 {

@@ -162,6 +162,11 @@ impl OwnerRecord {
             .map_err(|e| err(format!("cannot write: {e}")))
     }
 
+    /// Where [`write_new`](Self::write_new) puts the record of sandbox `id` in `dir`.
+    pub(crate) fn path_in(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("{id}.json"))
+    }
+
     /// Writes the record as `<dir>/<id>.json`, failing with [`CgroupError::Exists`] if one is
     /// there already.
     pub fn write_new(&self, dir: &Path) -> Result<PathBuf, CgroupError> {
@@ -174,7 +179,7 @@ impl OwnerRecord {
             .mode(0o700)
             .create(dir)
             .map_err(|e| rec_err(dir, format!("cannot create the directory: {e}")))?;
-        let path = dir.join(format!("{}.json", self.id));
+        let path = Self::path_in(dir, &self.id);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

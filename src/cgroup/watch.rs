@@ -57,7 +57,7 @@ struct Entry {
     source: CounterSource,
     alive: PathBuf,
     inotify: Option<Inotify>,
-    oom: Option<(EventFd, std::fs::File)>,
+    oom: Option<EventFd>,
     /// Not read yet: the hub makes the first reading, off the caller's path.
     fresh: AtomicBool,
 }
@@ -68,7 +68,7 @@ impl Entry {
         if let Some(i) = &self.inotify {
             while i.read_events().is_ok_and(|e| !e.is_empty()) {}
         }
-        if let Some((efd, _)) = &self.oom {
+        if let Some(efd) = &self.oom {
             let _ = efd.read();
         }
         self.shared.update(&self.source.read());
@@ -81,6 +81,12 @@ struct Hub {
     wake: EventFd,
     entries: Mutex<HashMap<u64, Arc<Entry>>>,
     next: AtomicU64,
+}
+
+/// Starts the watch hub's thread now unless it runs already (see
+/// [`SandboxRunner::prewarm`](crate::SandboxRunner::prewarm)).
+pub(crate) fn prewarm() {
+    let _ = Hub::get();
 }
 
 impl Hub {
@@ -122,7 +128,7 @@ impl Hub {
                 .epoll
                 .add(i, EpollEvent::new(EpollFlags::EPOLLIN, token));
         }
-        if let Some((efd, _)) = &entry.oom {
+        if let Some(efd) = &entry.oom {
             let _ = self
                 .epoll
                 .add(efd, EpollEvent::new(EpollFlags::EPOLLIN, token));
@@ -139,7 +145,7 @@ impl Hub {
         if let Some(i) = &e.inotify {
             let _ = self.epoll.delete(i);
         }
-        if let Some((efd, _)) = &e.oom {
+        if let Some(efd) = &e.oom {
             let _ = self.epoll.delete(efd);
         }
         e.shared.running.store(false, Ordering::SeqCst);
@@ -304,10 +310,15 @@ impl Drop for Watcher {
 
 /// Registers an eventfd for OOM notifications of the v1 memory cgroup `dir`; `None` when the
 /// kernel does not offer `cgroup.event_control`.
-fn v1_oom_eventfd(dir: &std::path::Path) -> Option<(EventFd, std::fs::File)> {
+///
+/// The `memory.oom_control` fd is needed only by the registration (the kernel checks it and
+/// takes a reference on the cgroup, not on the file), so it is closed here: the host keeps
+/// one fd less per sandbox, and every sandbox cloned later copies a smaller fd table.
+fn v1_oom_eventfd(dir: &std::path::Path) -> Option<EventFd> {
     let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok()?;
     let oom = std::fs::File::open(dir.join("memory.oom_control")).ok()?;
     let line = format!("{} {}", efd.as_fd().as_raw_fd(), oom.as_raw_fd());
     std::fs::write(dir.join("cgroup.event_control"), line).ok()?;
-    Some((efd, oom))
+    drop(oom);
+    Some(efd)
 }

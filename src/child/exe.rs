@@ -73,9 +73,22 @@ pub(crate) fn start_reaper(sock: RawFd) -> Result<(), Errno> {
         stack_size: stack_size as u64,
         ..Default::default()
     };
+    // Every signal blocked around the clone, as posix_spawn does: the child shares this
+    // address space until its exec, and no handler of the host (whose thread may be any,
+    // e.g. `prewarm`'s) may run in it meanwhile. The reaper sets its own mask.
+    // SAFETY: plain signal mask changes of the calling thread, with live sets.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
     // SAFETY: the child runs reaper_entry on its own stack while this thread is suspended
     // (CLONE_VFORK), so ctx and the stacks outlive its use of them.
     let pid = unsafe { clone3_vm(&mut args, reaper_entry, (&ctx as *const ReaperCtx).cast()) };
+    // SAFETY: restores the calling thread's mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     if pid < 0 {
         return Err(Errno::from_raw(-pid as i32));
     }

@@ -389,6 +389,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
+/// Starts the spawner thread now unless it runs already.
+pub(crate) fn prewarm() {
+    let _ = spawner();
+}
+
 /// A clone in progress: the init exists (its pid is known) and may wait for the host's go on
 /// the sync pipe; [`Pending::finish`] waits until it and the plugin have left the host's
 /// memory (exec'd or died). Dropping it before then kills and reaps the init.

@@ -88,6 +88,25 @@ pub struct SandboxRunner {
 }
 
 impl SandboxRunner {
+    /// Starts, ahead of the first sandbox, what every attached start of this process needs
+    /// once: the sealed memfd of `sandbox-init`, the spawner thread, the cgroup watch thread
+    /// and this process's reaper (the process that cleans up after a SIGKILLed host). Without
+    /// it, the first [`Runner::start`] does this work on its own critical path.
+    ///
+    /// Blocking (about half a millisecond); meant for a thread of its own early in a
+    /// short-lived host, e.g. `std::thread::spawn(SandboxRunner::prewarm)` first in `main`,
+    /// so that it runs while the host parses its configuration. A start that comes while it
+    /// runs waits for the part it needs. Errors are not reported here: the start that needs
+    /// the part reports (or, for the reaper, logs) them as it would have.
+    pub fn prewarm() {
+        // In the order a start needs them: the reaper before the first cgroup, the spawner
+        // at the clone, the watch once the sandbox runs.
+        let _ = crate::child::exe::init_exe();
+        crate::reaper::start();
+        crate::child::spawner::prewarm();
+        crate::cgroup::watch_prewarm();
+    }
+
     /// Prepares a sandbox that runs `program` with `args` under `profile`. Nothing starts
     /// until [`Runner::start`]. Fails when the program cannot be found or executed, or the
     /// command line is unusable.

@@ -38,10 +38,44 @@ impl SandboxRunner {
         // A detached sandbox keeps its state (and the plugin's exit status) in a directory
         // of its own, so a process that reattaches later can read it; removed on failure.
         let mut state_guard = DirGuard(None);
+        if !self.plan.detach {
+            // The reaper runs before this start makes anything on the host (started here at
+            // a process's first attached sandbox, unless `prewarm` started it meanwhile).
+            crate::reaper::start();
+        }
         // Run as root, the sandbox's ids map to a block of host ids of its own.
         if self.plan.ids() == crate::plan::IdMode::Range {
             self.ids = Some(crate::idrange::IdRange::allocate(&self.id)?);
         }
+        // Everything this sandbox owns on the host besides its cgroup, for the reaper should
+        // the host die before it cleans up itself: the id claim, the state and socket
+        // directories (the ones this start is about to make; a path never made costs the
+        // reaper nothing). Registered at once, before any of them but the claim exists; no
+        // process of the sandbox exists before the full registration below replaces this
+        // one, so the reaper may free the claim at once.
+        let owned = (!self.plan.detach).then(|| {
+            let mut trees = Vec::new();
+            if self.socket_host.is_some() || self.egress.is_some() {
+                trees.push(crate::state::dir_of(&self.id));
+            }
+            // The socket directory's tmpfs is unmounted first; in the host's
+            // PLUGIN_UNIX_SOCKET_DIR its mount point (or plain directory) is removed too.
+            let mounts = match &self.socket_host {
+                Some((top, host_owned)) => {
+                    if *host_owned {
+                        trees.push(top.clone());
+                    }
+                    vec![top.clone()]
+                }
+                None => Vec::new(),
+            };
+            Owned {
+                mounts,
+                trees,
+                claim: self.ids.as_ref().map(|r| r.claim_path().to_path_buf()),
+            }
+        });
+        let early = owned.as_ref().map(|o| o.register(&self.id, &[], None));
         // No scan for what crashed hosts left behind: each host's reaper removes it within
         // milliseconds of the host's death, and `sandbox-run check --cleanup` reclaims what a
         // killed reaper left. A scan here would cost every start O(sandboxes alive).
@@ -150,6 +184,9 @@ impl SandboxRunner {
         drop(setup_span);
 
         let cgroup_span = tracing::info_span!("cgroup").entered();
+        // The full registration (cgroup leaves and owner record too) goes before the cgroup's
+        // record or first directory exists (from there on, even in the middle of this start).
+        let mut reaped = None;
         // The cgroup exists, with its limits, before the child does (and stale cgroups of
         // crashed hosts are reclaimed on the way).
         let cgroup = if self.profile.limits.is_empty() {
@@ -157,10 +194,15 @@ impl SandboxRunner {
         } else {
             let parent = self.profile.limits.cgroup_parent.as_ref();
             let limits = self.profile.limits.to_limits();
-            let created = SandboxCgroup::create(
+            let created = SandboxCgroup::create_announced(
                 &self.id,
                 &limits,
                 parent.map(|p| std::path::Path::new(p.as_str())),
+                &mut |leaves, record| {
+                    if let Some(o) = &owned {
+                        reaped = Some(o.register(&self.id, leaves, Some(record)));
+                    }
+                },
             );
             let euid = nix::unistd::geteuid().as_raw();
             match created {
@@ -180,37 +222,15 @@ impl SandboxRunner {
                 Err(e) => return Err(e.into()),
             }
         };
-        if !self.plan.detach {
-            // Everything this sandbox owns on the host, for the reaper, should the host die
-            // before it cleans up itself (from here on, even in the middle of this start).
+        if let (Some(o), None) = (&owned, &reaped) {
+            // No cgroup (no limits): the state and socket directories and the id claim.
             let cgroups = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
-            let cgroups: Vec<&std::path::Path> = cgroups.iter().map(|p| p.as_path()).collect();
             let record = cgroup.as_ref().and_then(|c| c.record_path());
-            let claim = self.ids.as_ref().map(|r| r.claim_path().to_path_buf());
-            let mut trees: Vec<&std::path::Path> =
-                state_guard.0.iter().map(|d| d.as_path()).collect();
-            // The socket directory's tmpfs is unmounted first; in the host's
-            // PLUGIN_UNIX_SOCKET_DIR its mount point (or plain directory) is removed too.
-            let mounts: Vec<&std::path::Path> = match (&self.sockets, &self.socket_host) {
-                (Some(_), Some((top, host_owned))) => {
-                    if *host_owned {
-                        trees.push(top.as_path());
-                    }
-                    vec![top.as_path()]
-                }
-                _ => Vec::new(),
-            };
-            self.reaped = Some(crate::reaper::register(
-                &self.id,
-                &mounts,
-                &cgroups,
-                &trees,
-                &record
-                    .into_iter()
-                    .chain(claim.as_deref())
-                    .collect::<Vec<_>>(),
-            ));
+            reaped = Some(o.register(&self.id, &cgroups, record));
         }
+        self.reaped = reaped;
+        // The reaper forgets the first record of an id: the early one.
+        drop(early);
         // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
         // v1 by moving the spawner thread for the clone), else attached by pid below.
         let placement = match cgroup.as_ref() {
@@ -395,6 +415,38 @@ impl SandboxRunner {
         }
         self.running = Some(Arc::new(running));
         Ok(())
+    }
+}
+
+/// What an attached sandbox owns on the host besides its cgroup, for its reaper.
+struct Owned {
+    mounts: Vec<std::path::PathBuf>,
+    trees: Vec<std::path::PathBuf>,
+    claim: Option<std::path::PathBuf>,
+}
+
+/// The paths of `v`, borrowed.
+fn paths(v: &[std::path::PathBuf]) -> Vec<&std::path::Path> {
+    v.iter().map(|p| p.as_path()).collect()
+}
+
+impl Owned {
+    /// Registers sandbox `id` with the reaper: these, its cgroup leaves and owner record.
+    fn register(
+        &self,
+        id: &str,
+        cgroups: &[std::path::PathBuf],
+        record: Option<&std::path::Path>,
+    ) -> crate::reaper::Registration {
+        let records: Vec<&std::path::Path> =
+            record.into_iter().chain(self.claim.as_deref()).collect();
+        crate::reaper::register(
+            id,
+            &paths(&self.mounts),
+            &paths(cgroups),
+            &paths(&self.trees),
+            &records,
+        )
     }
 }
 
