@@ -435,7 +435,13 @@ fn rlimit_nproc_now_limits_the_plugin() {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(0);
-    assert!(refused > 0, "40 processes under nproc = 10: {}", stdout(&o));
+    assert!(
+        refused > 0,
+        "40 processes under nproc = 10: {:?} {} {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
     // The control: as host root (userns = false), the same limit does not bite.
     let root = mk("root.toml", "userns = false\n");
     let o = run(&[
