@@ -1190,6 +1190,29 @@ mod tests {
     }
 
     #[test]
+    fn socket_directory_limits_default_small_and_refuse_no_limit() {
+        let p = Profile::builtin("go-plugin").unwrap();
+        assert!(p.sockets.enabled && p.sockets.broker);
+        assert_eq!((p.sockets.size.0, p.sockets.inodes), (1 << 20, 64));
+        assert!(!p.sockets.tmpdir, "TMPDIR only when a profile asks");
+        let p = Profile::from_toml_str("[sockets]\nsize = \"8M\"\ninodes = 500\n", "p").unwrap();
+        assert_eq!((p.sockets.size.0, p.sockets.inodes), (8 << 20, 500));
+        // 0 means "no limit" to tmpfs: refused, as is anything too small to hold a socket.
+        for (bad, why) in [
+            ("size = \"0\"", "p:2:8: '0' is zero"),
+            ("inodes = 0", "p: [sockets]"),
+            ("size = \"1K\"", "p: [sockets]"),
+            ("inodes = 3", "p: [sockets]"),
+        ] {
+            let e = Profile::from_toml_str(&format!("[sockets]\n{bad}\n"), "p").unwrap_err();
+            let s = e.to_string();
+            assert!(s.starts_with(why), "{bad}: {s}");
+        }
+        let e = Profile::from_toml_str("[sockets]\ninodes = 0\n", "p").unwrap_err();
+        assert!(e.to_string().contains("at least 4K and 4 inodes"), "{e}");
+    }
+
+    #[test]
     fn hardening_tables_default_safe_and_are_checked() {
         let p = Profile::builtin("default").unwrap();
         assert_eq!(p.seccomp, crate::seccomp::SeccompConfig::default());
