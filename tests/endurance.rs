@@ -36,17 +36,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 // Sizing and randomness
 // ---------------------------------------------------------------------------------------
 
-/// True inside the test VM of `tests/vm/run.sh` (its kernel command line), or when
-/// `SANDBOX_RUNNER_TEST_VM` is set: everything there runs about 20 times slower.
-fn in_vm() -> bool {
-    if std::env::var_os("SANDBOX_RUNNER_TEST_VM").is_some_and(|v| !v.is_empty()) {
-        return true;
-    }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let words: Vec<&str> = cmdline.split_whitespace().collect();
-    words.contains(&"cgroup_no_v1=all") && words.contains(&"rdinit=/init")
-}
-
 /// The count in `var`, else `host` (or `vm` inside the test VM).
 fn knob(var: &str, host: u64, vm: u64) -> u64 {
     match std::env::var(var) {

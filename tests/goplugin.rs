@@ -838,41 +838,5 @@ fn main() {
             stale_state_is_refused_and_never_signalled,
         ),
     ];
-    // A name filter, as libtest takes it; the values of libtest's own options are not one.
-    let mut filter = None;
-    let mut it = args.iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--color" | "--format" | "--test-threads" | "--logfile" | "--skip" | "-Z" => {
-                it.next();
-            }
-            x if x.starts_with('-') => {}
-            x => filter = Some(x.to_string()),
-        }
-    }
-    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
-    println!("\nrunning {} tests", tests.len());
-    for (name, f) in tests {
-        if filter.as_ref().is_some_and(|p| !name.contains(p.as_str())) {
-            filtered += 1;
-            continue;
-        }
-        if !privileged() {
-            println!("test {name} ... skipped (not root)");
-            continue;
-        }
-        let _g = serial();
-        let ok = std::panic::catch_unwind(f).is_ok();
-        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
-        if ok {
-            passed += 1;
-        } else {
-            failed += 1;
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out\n",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    std::process::exit(if failed == 0 { 0 } else { 101 });
+    run_tests(&args, tests);
 }

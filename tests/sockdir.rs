@@ -16,17 +16,6 @@ use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner, Stdio};
 use std::process::Command;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// True inside the test VM of `tests/vm/run.sh` (its kernel command line), or when
-/// `SANDBOX_RUNNER_TEST_VM` is set: everything there runs about 20 times slower.
-fn in_vm() -> bool {
-    if std::env::var_os("SANDBOX_RUNNER_TEST_VM").is_some_and(|v| !v.is_empty()) {
-        return true;
-    }
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let words: Vec<&str> = cmdline.split_whitespace().collect();
-    words.contains(&"cgroup_no_v1=all") && words.contains(&"rdinit=/init")
-}
-
 /// How deep the trees a plugin makes go: 8,000 levels, 1,000 in the emulated VM (whose
 /// point is cgroup v2, not depth). Each `mkdir` of the plugin costs Landlock a walk up the
 /// whole path, so making the tree is quadratic in its depth; the 25,000 levels that broke

@@ -258,3 +258,58 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The harness of the test binaries that re-execute themselves as plugins (`harness =
+/// false`): runs `tests` one at a time (each under [`serial`], a panic is a failure), with
+/// libtest's name filter from `args` and its summary line, then exits 0 or 101. A test that
+/// would skip without root fails under `CI=true` (see [`privileged`]).
+pub fn run_tests(args: &[String], tests: &[(&str, fn())]) -> ! {
+    // A name filter, as libtest takes it; the values of libtest's own options are not one.
+    let mut filter = None;
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--color" | "--format" | "--test-threads" | "--logfile" | "--skip" | "-Z" => {
+                it.next();
+            }
+            x if x.starts_with('-') => {}
+            x => filter = Some(x.to_string()),
+        }
+    }
+    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
+    println!("\nrunning {} tests", tests.len());
+    for (name, f) in tests {
+        if filter.as_ref().is_some_and(|p| !name.contains(p.as_str())) {
+            filtered += 1;
+            continue;
+        }
+        if !privileged() {
+            println!("test {name} ... skipped (not root)");
+            continue;
+        }
+        let _g = serial();
+        let ok = std::panic::catch_unwind(f).is_ok();
+        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out\n",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    std::process::exit(if failed == 0 { 0 } else { 101 });
+}
+
+/// True inside the test VM of `tests/vm/run.sh` (its kernel command line), or when
+/// `SANDBOX_RUNNER_TEST_VM` is set: everything there runs about 20 times slower.
+pub fn in_vm() -> bool {
+    if std::env::var_os("SANDBOX_RUNNER_TEST_VM").is_some_and(|v| !v.is_empty()) {
+        return true;
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    words.contains(&"cgroup_no_v1=all") && words.contains(&"rdinit=/init")
+}
