@@ -50,7 +50,7 @@ pub(crate) mod v1;
 mod v2;
 mod watch;
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -257,15 +257,31 @@ impl SandboxCgroup {
     /// runner registers them with its reaper there, so that a host SIGKILLed at any point of
     /// the creation leaves nothing (a path that was never made costs the reaper nothing).
     pub(crate) fn create_announced(
+        detection: &Detection,
         id: &str,
         limits: &Limits,
         parent: Option<&Path>,
         announce: Announce<'_>,
     ) -> Result<SandboxCgroup, CgroupError> {
+        SandboxCgroup::create_inner(detection, id, limits, parent, Some(announce))
+    }
+
+    /// This host's cgroups, detected, and whether the cgroup of sandbox `id` for `limits`
+    /// would be made in v1 hierarchies: then its init joins it by itself, after the clone
+    /// (see [`join_files`](Self::join_files)), and the host makes the cgroup meanwhile.
+    pub(crate) fn detect_for(
+        id: &str,
+        limits: &Limits,
+        parent: Option<&Path>,
+    ) -> Result<(Detection, bool), CgroupError> {
         validate_id(id)?;
         limits.validate()?;
         let detection = Detection::detect()?;
-        SandboxCgroup::create_inner(&detection, id, limits, parent, Some(announce))
+        let v1 = matches!(
+            detection.plan(id, &limits.controllers(), parent)?,
+            detect::Plan::V1(_)
+        );
+        Ok((detection, v1))
     }
 
     /// [`create`](Self::create) on an explicit [`Detection`] (e.g.
@@ -363,11 +379,11 @@ impl SandboxCgroup {
         }
     }
 
-    /// How the spawner places the child in this cgroup at its birth, or `None` when it must
-    /// be [`attach`](Self::attach)ed by pid after the clone: v2 `CLONE_INTO_CGROUP` with a
-    /// duplicate of [`clone_into_fd`](Self::clone_into_fd) (the spawner's own copy: a
-    /// cancelled start may drop ours while the clone is pending), v1 by moving the spawner
-    /// thread itself in for the clone and back after it (see `v1::ThreadMove`).
+    /// How the spawner places the child in this cgroup at its birth: v2
+    /// `CLONE_INTO_CGROUP` with a duplicate of [`clone_into_fd`](Self::clone_into_fd) (the
+    /// spawner's own copy: a cancelled start may drop ours while the clone is pending), or
+    /// `None` when it is placed after the clone (v1: the init joins by itself, see
+    /// [`join_files`](Self::join_files); v2 without the fd: [`attach`](Self::attach)).
     pub(crate) fn placement(
         &self,
     ) -> Result<Option<crate::child::spawner::Placement>, CgroupError> {
@@ -383,7 +399,17 @@ impl SandboxCgroup {
                     }),
                 None => Ok(None),
             },
-            Inner::V1(c) => Ok(c.thread_move_files()?.map(Placement::MoveThread)),
+            Inner::V1(_) => Ok(None),
+        }
+    }
+
+    /// v1: the leaves' `tasks` files, opened for writing, with their paths, for the init to
+    /// join them by itself while it waits for the host's go (it writes `0` to each: see
+    /// `v1::V1Cgroup::join_files`). `None` on v2.
+    pub(crate) fn join_files(&self) -> Result<Option<Vec<(OwnedFd, PathBuf)>>, CgroupError> {
+        match &self.inner {
+            Inner::V1(c) => c.join_files().map(Some),
+            Inner::V2(_) => Ok(None),
         }
     }
 

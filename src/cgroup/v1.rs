@@ -18,8 +18,6 @@ use super::stats::{cpu_quota_usec, weight_to_shares, CounterSource, CPU_PERIOD_U
 use super::util::{self, rs_err};
 use super::{CgroupError, Limits};
 
-pub(crate) use crate::child::spawner::ThreadMove;
-
 /// A sandbox's cgroup in the v1 hierarchies that its limits need.
 #[derive(Debug)]
 pub(crate) struct V1Cgroup {
@@ -112,32 +110,29 @@ impl V1Cgroup {
         Ok(())
     }
 
-    /// The `tasks` files for placing a child by moving the cloning thread: the leaves'
-    /// (`into`) and this process's own cgroups' (`back`), opened for writing, with their
-    /// paths. `None` when an own cgroup is not visible (then [`attach`](Self::attach)).
+    /// The leaves' `tasks` files, opened for writing, with their paths: a sandbox's init
+    /// joins its cgroups by itself, writing `0` to each while it waits for the host's go (the
+    /// files cross to it over the sync socket). The kernel checks the credentials of the
+    /// opener (the host), not of the writer.
     ///
     /// Writing `0` to a v1 `tasks` file moves the writing thread alone, which the kernel does
-    /// without taking the global threadgroup lock for writing; moving a process through
-    /// `cgroup.procs` takes it and waits out an RCU grace period (about 9 ms on an idle host),
-    /// the largest single cost of a start on cgroup v1.
-    pub fn thread_move_files(&self) -> Result<Option<ThreadMove>, CgroupError> {
-        let open = |dir: &Path| -> Result<(std::os::fd::OwnedFd, PathBuf), CgroupError> {
-            let path = dir.join("tasks");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map(|f| (std::os::fd::OwnedFd::from(f), path.clone()))
-                .map_err(|cause| CgroupError::Place { path, cause })
-        };
-        let mut mv = ThreadMove::default();
-        for d in &self.dirs {
-            let Some(home) = &d.home else {
-                return Ok(None);
-            };
-            mv.into.push(open(&d.leaf)?);
-            mv.back.push(open(home)?);
-        }
-        Ok(Some(mv))
+    /// without taking the global threadgroup lock for writing; moving a process by pid (the
+    /// host writing the init's pid to `cgroup.procs`) takes it and waits out an RCU grace
+    /// period (about 9 ms on an idle host), the largest single cost of a start on cgroup v1.
+    /// Joining after the clone also lets the host make the cgroup while the kernel makes
+    /// the init's namespaces.
+    pub fn join_files(&self) -> Result<Vec<(std::os::fd::OwnedFd, PathBuf)>, CgroupError> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                let path = d.leaf.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(|f| (std::os::fd::OwnedFd::from(f), path.clone()))
+                    .map_err(|cause| CgroupError::Place { path, cause })
+            })
+            .collect()
     }
 
     /// Where the counters are read from.

@@ -7,7 +7,7 @@
 //! USR2), reaps every orphan the namespace hands it, and when the plugin exits writes the
 //! plugin's raw wait status to the status pipe and exits with the plugin's code (`128 + N`
 //! for a signal). When the init exits, the kernel kills everything left in the namespace, so
-//! nothing outlives the plugin. The plugin waits for sandbox-init's go before its own steps.
+//! nothing outlives the plugin. The plugin waits for sandbox-init's go before its execve.
 
 use nix::errno::Errno;
 
@@ -126,7 +126,7 @@ pub(crate) unsafe fn run_init(plan: &Plan, fds: &ChildFds, ctx: *const ChildCtx)
             fail(e, Step::Signals, err)
         }
         // The plugin shares this address space (the host's) until its execve, on a stack of its
-        // own: nothing of the host is copied. It waits for sandbox-init's go first.
+        // own: nothing of the host is copied. It waits for sandbox-init's go before its execve.
         let mut args = CloneArgs {
             flags: libc::CLONE_VM as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -186,20 +186,6 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
         let e = fds.err_w;
         libc::close(fds.status_w);
         libc::close(fds.go_w);
-        // Wait until the init is sandbox-init: from then on PID 1 holds nothing of the host, and
-        // only then may anything of the plugin's run.
-        let mut go = 0u8;
-        loop {
-            let n = libc::read(fds.go_r, (&mut go as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n == 0 || Errno::last() != Errno::EINTR {
-                // The init is gone (its own failure is on the error pipe).
-                libc::_exit(125);
-            }
-        }
-        libc::close(fds.go_r);
         // An interactive session (the runner's pseudo-terminal on fds 0-2): a session of
         // the plugin's own, with that terminal as its controlling terminal, so that the
         // kernel signals it for ^C, ^\, ^Z and window changes as it would a shell's job.
@@ -234,6 +220,21 @@ unsafe fn plugin_main(plan: &Plan, fds: &ChildFds) -> ! {
         if let Err(err) = caps::no_new_privs() {
             fail(e, Step::NoNewPrivs, err)
         }
+        // Wait until the init is sandbox-init: from then on PID 1 holds nothing of the host,
+        // and only then may anything of the plugin's run. The steps above are the runner's
+        // own (they overlap the init's exec); the plugin's code runs from the execve below.
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(fds.go_r, (&mut go as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n == 0 || Errno::last() != Errno::EINTR {
+                // The init is gone (its own failure is on the error pipe).
+                libc::_exit(125);
+            }
+        }
+        libc::close(fds.go_r);
         // Only fds 0, 1, 2, the error pipe (CLOEXEC: it closes at execve) and the profile's
         // pass_fds survive; the pass_fds lose CLOEXEC so they cross the execve.
         if let Err(err) = close_all_but(fds.plugin_keep()) {

@@ -5,7 +5,7 @@ use nix::errno::Errno;
 
 use super::fds::{close_all_but, connect_stdio};
 use super::spawner::ChildCtx;
-use super::step::{check, fail, Step};
+use super::step::{check, fail, fail_at, Step};
 use super::{caps, init, mnt, net, uts};
 
 /// This process's parent pid as the host sees it (field 4 of the host's `/proc/self/stat`),
@@ -51,6 +51,99 @@ unsafe fn parent_in_host_view() -> Result<i32, Errno> {
             v = v.saturating_mul(10).saturating_add((d - b'0') as i32);
         }
         Ok(v)
+    }
+}
+
+/// The most `tasks` files a host's go may carry (one per cgroup v1 hierarchy a sandbox's
+/// limits need; the host checks this bound before it sends them).
+pub(crate) const JOIN_MAX: usize = 8;
+
+/// The fds that came with the host's go, in a stack buffer sized for [`JOIN_MAX`].
+struct JoinFds {
+    /// Control-message buffer, `u64`-aligned as `cmsghdr` needs.
+    cmsg: [u64; 8],
+    fds: [libc::c_int; JOIN_MAX],
+    len: usize,
+}
+
+impl JoinFds {
+    fn new() -> JoinFds {
+        JoinFds {
+            cmsg: [0; 8],
+            fds: [-1; JOIN_MAX],
+            len: 0,
+        }
+    }
+
+    /// One `recvmsg` of the go byte into `go` and any fds with it (`MSG_CMSG_CLOEXEC`).
+    /// `Ok(0)` is the host's end of file. More fds than fit is `EMSGSIZE` (the kernel closes
+    /// what it could not pass).
+    ///
+    /// # Safety
+    /// Child-side; `sock` is the sync socket.
+    unsafe fn receive(&mut self, sock: libc::c_int, go: &mut u8) -> Result<isize, Errno> {
+        // SAFETY: recvmsg into a stack byte and this struct's aligned control buffer, whose
+        // size is passed; the CMSG_* helpers only do arithmetic within that buffer, bounded
+        // by the msg_controllen the kernel set.
+        unsafe {
+            let mut iov = libc::iovec {
+                iov_base: (go as *mut u8).cast(),
+                iov_len: 1,
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = self.cmsg.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&self.cmsg) as _;
+            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 {
+                return Err(Errno::last());
+            }
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                    let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        if self.len < JOIN_MAX {
+                            self.fds[self.len] = fd;
+                            self.len += 1;
+                        } else {
+                            libc::close(fd);
+                            return Err(Errno::EMSGSIZE);
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+                return Err(Errno::EMSGSIZE);
+            }
+            Ok(n)
+        }
+    }
+
+    /// Writes `0` to each received `tasks` file (this thread joins that cgroup) and closes
+    /// it; the first failure names the file's index.
+    ///
+    /// # Safety
+    /// Child-side.
+    unsafe fn join_and_close(&mut self) -> Result<(), (u32, Errno)> {
+        // SAFETY: write/close on fds this process received and owns.
+        unsafe {
+            for i in 0..self.len {
+                let fd = self.fds[i];
+                let n = libc::write(fd, c"0".as_ptr().cast(), 1);
+                let err = Errno::last();
+                libc::close(fd);
+                if n != 1 {
+                    return Err((i as u32, if n < 0 { err } else { Errno::EIO }));
+                }
+            }
+            self.len = 0;
+            Ok(())
+        }
     }
 }
 
@@ -100,22 +193,24 @@ pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
         if let Err(err) = close_all_but(fds.init_keep()) {
             fail(e, Step::CloseFds, err)
         }
-        // Wait for the host: it may still have to place us (cgroups) and, rootless, write our
-        // uid/gid maps before anything runs.
+        // Wait for the host: it may still have to make our cgroup and, with a user
+        // namespace, write our uid/gid maps before anything runs. Its go may carry the
+        // `tasks` files of our cgroup v1 leaves: we join them right below.
         let mut go = 0u8;
+        let mut join = JoinFds::new();
         loop {
-            let n = libc::read(fds.sync_r, (&mut go as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n == 0 {
+            match join.receive(fds.sync_r, &mut go) {
+                Ok(1) => break,
                 // The host died before it let us go: nobody is there to run for.
-                libc::_exit(125);
+                Ok(_) => libc::_exit(125),
+                Err(Errno::EINTR) => {}
+                Err(err) => fail(e, Step::WaitParent, err),
             }
-            let err = Errno::last();
-            if err != Errno::EINTR {
-                fail(e, Step::WaitParent, err)
-            }
+        }
+        // Into the sandbox's cgroups before anything of ours runs: writing `0` moves this
+        // thread alone (the host opened the files; the kernel checks the opener).
+        if let Err((i, err)) = join.join_and_close() {
+            fail_at(e, Step::CgroupJoin, i, err)
         }
         libc::close(fds.sync_r);
         // A root runner's id range: the spawner cloned us with only its effective ids set to

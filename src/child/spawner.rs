@@ -81,23 +81,10 @@ unsafe fn clone_init(
     Err(Errno::from_raw(-r as i32))
 }
 
-/// Open `tasks` files (with their paths) to move the spawner thread into a sandbox's v1
-/// cgroups before the clone (`into`) and back to its own after it (`back`).
-#[derive(Debug, Default)]
-pub(crate) struct ThreadMove {
-    /// The leaves' `tasks` files.
-    pub into: Vec<(OwnedFd, std::path::PathBuf)>,
-    /// This process's own cgroups' `tasks` files.
-    pub back: Vec<(OwnedFd, std::path::PathBuf)>,
-}
-
 /// Where the spawner makes a sandbox's init be born.
 pub(crate) enum Placement {
     /// cgroup v2: `clone3(CLONE_INTO_CGROUP)` with this directory fd.
     IntoCgroup(OwnedFd),
-    /// cgroup v1: the spawner thread moves itself into the sandbox's cgroups, clones (the
-    /// child inherits the thread's cgroups), and moves back.
-    MoveThread(ThreadMove),
 }
 
 /// Why [`spawn`] failed.
@@ -105,26 +92,6 @@ pub(crate) enum Placement {
 pub(crate) enum SpawnError {
     /// `clone3` failed (or the stacks could not be mapped).
     Clone(Errno),
-    /// Moving the spawner thread through the `tasks` file `path` failed.
-    Move {
-        /// The `tasks` file.
-        path: std::path::PathBuf,
-        /// The error.
-        errno: Errno,
-    },
-}
-
-/// Moves the calling thread alone into the cgroup of each `tasks` file (writing `0`).
-fn move_thread(files: &[(OwnedFd, std::path::PathBuf)]) -> Result<(), SpawnError> {
-    for (fd, path) in files {
-        if let Err(e) = rustix::io::write(fd, b"0") {
-            return Err(SpawnError::Move {
-                path: path.clone(),
-                errno: Errno::from_raw(e.raw_os_error()),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Kills and reaps a just-cloned init that nobody will wait for.
@@ -273,7 +240,6 @@ fn run_job(job: Job) {
         plan: Arc::as_ptr(&plan),
         fds,
     };
-    let mut moved_back = Ok(());
     let mut restored = Ok(());
     // Clones as the sandbox's owner, when it has one, and takes the thread's own ids back
     // right after (the children run on their own credentials from the clone on).
@@ -292,21 +258,6 @@ fn run_job(job: Job) {
     let res = match placement.as_ref() {
         None => clone(None),
         Some(Placement::IntoCgroup(fd)) => clone(Some(fd.as_raw_fd())),
-        Some(Placement::MoveThread(mv)) => match move_thread(&mv.into) {
-            Err(e) => {
-                moved_back = move_thread(&mv.back);
-                Err(e)
-            }
-            Ok(()) => {
-                let res = clone(None);
-                // Back at once: the child was born in the sandbox's cgroups, and this thread
-                // must not stay in them (a cancelled start removes them meanwhile, freezing
-                // and killing what they hold). `move_thread` writes with rustix's raw system
-                // calls, which leave the `errno` the children share with this thread alone.
-                moved_back = move_thread(&mv.back);
-                res
-            }
-        },
     };
     // From here until the memory pipe's end of file, the init (and then the plugin) run in
     // this address space, on this thread's thread-local storage (errno): this thread only
@@ -334,10 +285,10 @@ fn run_job(job: Job) {
     drop(stacks);
     let _ = ctx;
     drop(plan);
-    let res = match (res, moved_back.and(restored)) {
+    let res = match (res, restored) {
         (Ok(spawned), Err(e)) => {
-            // This thread stays in the sandbox's cgroup (the next clone moves it on); do not
-            // leave a sandbox that was set up in an unknown state.
+            // This thread kept the sandbox owner's ids; do not leave a sandbox that was set
+            // up in an unknown state.
             kill_and_reap(&spawned);
             Err(e)
         }
@@ -418,19 +369,57 @@ impl Pending {
     }
 }
 
-/// Clones a new sandbox init on the spawner thread and returns once it exists.
+/// A job sent to the spawner: the clone happens meanwhile on the spawner thread;
+/// [`Sent::pending`] waits until the init exists. Dropping it first is a cancelled start:
+/// the spawner kills and reaps the init.
+pub(crate) struct Sent {
+    early: tokio::net::unix::pipe::Receiver,
+    rx: tokio::sync::oneshot::Receiver<Reply>,
+}
+
+impl Sent {
+    /// Waits until the init exists (its pid is known); an error if the clone failed.
+    pub async fn pending(self) -> Result<Pending, SpawnError> {
+        let Sent { mut early, rx } = self;
+        let io =
+            |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+        let mut pid = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut early, &mut pid)
+            .await
+            .map_err(io)?;
+        let pending = Pending {
+            pid: i32::from_ne_bytes(pid),
+            rx,
+        };
+        if pending.pid <= 0 {
+            // The clone failed: the final answer says why.
+            return match pending.finish().await {
+                Ok(spawned) => {
+                    kill_and_reap(&spawned);
+                    Err(SpawnError::Clone(Errno::EIO))
+                }
+                Err(e) => Err(e),
+            };
+        }
+        Ok(pending)
+    }
+}
+
+/// Sends the clone of a new sandbox init to the spawner thread and returns at once; the
+/// caller may work meanwhile (make the cgroup the init joins later), then waits with
+/// [`Sent::pending`].
 ///
 /// `child_side` owns the fds that `fds` names for the child; they are closed in this process
 /// once the clone is done. Among them must be the write end of `vm_r`'s pipe (`CLOEXEC`),
 /// kept by both the init and the plugin: its end of file tells the spawner that no process
 /// of the sandbox runs in the host's memory any more (both have exec'd or died).
-pub(crate) async fn spawn(
+pub(crate) fn spawn(
     plan: Arc<Plan>,
     fds: ChildFds,
     child_side: Vec<OwnedFd>,
     vm_r: OwnedFd,
     req: Request,
-) -> Result<Pending, SpawnError> {
+) -> Result<Sent, SpawnError> {
     let Request {
         placement,
         release,
@@ -440,7 +429,7 @@ pub(crate) async fn spawn(
     let io = |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
     let (early_r, early_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| SpawnError::Clone(Errno::from_raw(e.raw_os_error())))?;
-    let mut early = tokio::net::unix::pipe::Receiver::from_owned_fd(early_r).map_err(io)?;
+    let early = tokio::net::unix::pipe::Receiver::from_owned_fd(early_r).map_err(io)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
@@ -458,23 +447,5 @@ pub(crate) async fn spawn(
             reply,
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
-    let mut pid = [0u8; 4];
-    tokio::io::AsyncReadExt::read_exact(&mut early, &mut pid)
-        .await
-        .map_err(io)?;
-    let pending = Pending {
-        pid: i32::from_ne_bytes(pid),
-        rx,
-    };
-    if pending.pid <= 0 {
-        // The clone failed: the final answer says why.
-        return match pending.finish().await {
-            Ok(spawned) => {
-                kill_and_reap(&spawned);
-                Err(SpawnError::Clone(Errno::EIO))
-            }
-            Err(e) => Err(e),
-        };
-    }
-    Ok(pending)
+    Ok(Sent { early, rx })
 }

@@ -72,10 +72,13 @@ pub enum Step {
     /// Installing the brokered-connect filter (`SECCOMP_RET_USER_NOTIF` for `connect`) and
     /// handing its listener to the host (`[sockets] broker`).
     Broker = 30,
+    /// Joining the sandbox's cgroup v1 hierarchies (writing `0` to the `tasks` file the host
+    /// sent with its go; the failing file's index).
+    CgroupJoin = 31,
 }
 
 impl Step {
-    const ALL: [Step; 30] = [
+    const ALL: [Step; 31] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -106,6 +109,7 @@ impl Step {
         Step::CgroupNs,
         Step::Ctty,
         Step::Broker,
+        Step::CgroupJoin,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -146,6 +150,7 @@ impl Step {
             Step::CgroupNs => "enter a new cgroup namespace",
             Step::Ctty => "take the terminal as controlling terminal",
             Step::Broker => "install the brokered-connect filter and hand over its listener",
+            Step::CgroupJoin => "join the sandbox's cgroup",
         }
     }
 }

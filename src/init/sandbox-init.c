@@ -418,25 +418,26 @@ __attribute__((noreturn, used)) void start_c(long *sp)
 	for (sig = 1; sig <= 64; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP)
 			sys(NR_rt_sigaction, sig, (long)&dfl, 0, sizeof(all));
-	/* Let the plugin go on. If it is gone already, its SIGCHLD is pending and reaped below. */
+	/* Let the plugin go on to its execve. */
 	sys(NR_write, go_fd, (long)"1", 1, 0);
 	sys(NR_close, go_fd, 0, 0, 0);
+	/* Reap before every wait: the plugin may have ended before this exec (a failed setup
+	 * step), and resetting SIGCHLD to its default (ignore) above discarded that pending
+	 * SIGCHLD, so no signal would ever say so. */
 	for (;;) {
-		sig = sys(NR_rt_sigtimedwait, (long)&all, 0, 0, sizeof(all));
-		if (sig == SIGCHLD) {
-			for (;;) {
-				long r = sys(NR_wait4, -1, (long)&st, WNOHANG, 0);
-				if (r <= 0)
-					break;
-				if (r == plugin) {
-					sys(NR_write, status_fd, (long)&st, sizeof(st), 0);
-					if ((st & 0x7f) != 0 && (st & 0x7f) != 0x7f)
-						die(128 + (st & 0x7f));
-					die((st >> 8) & 0xff);
-				}
+		for (;;) {
+			long r = sys(NR_wait4, -1, (long)&st, WNOHANG, 0);
+			if (r <= 0)
+				break;
+			if (r == plugin) {
+				sys(NR_write, status_fd, (long)&st, sizeof(st), 0);
+				if ((st & 0x7f) != 0 && (st & 0x7f) != 0x7f)
+					die(128 + (st & 0x7f));
+				die((st >> 8) & 0xff);
 			}
-		} else if (sig > 0 && sig < 64 && ((forward >> sig) & 1)) {
-			sys(NR_kill, plugin, sig, 0, 0);
 		}
+		sig = sys(NR_rt_sigtimedwait, (long)&all, 0, 0, sizeof(all));
+		if (sig > 0 && sig < 64 && sig != SIGCHLD && ((forward >> sig) & 1))
+			sys(NR_kill, plugin, sig, 0, 0);
 	}
 }

@@ -107,7 +107,8 @@ impl SandboxRunner {
             (Some(dir), true) => status_file(&dir.join("status"))?,
             _ => pipe()?,
         };
-        let (sync_r, sync_w) = pipe()?;
+        // The host's go: one byte, with the cgroup v1 `tasks` files the init joins by itself.
+        let (sync_r, sync_w) = sync_pair()?;
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let Wired {
             stdin_fd,
@@ -183,57 +184,77 @@ impl SandboxRunner {
         });
         drop(setup_span);
 
-        let cgroup_span = tracing::info_span!("cgroup").entered();
-        // The full registration (cgroup leaves and owner record too) goes before the cgroup's
-        // record or first directory exists (from there on, even in the middle of this start).
-        let mut reaped = None;
-        // The cgroup exists, with its limits, before the child does (and stale cgroups of
-        // crashed hosts are reclaimed on the way).
-        let cgroup = if self.profile.limits.is_empty() {
-            None
-        } else {
-            let parent = self.profile.limits.cgroup_parent.as_ref();
-            let limits = self.profile.limits.to_limits();
-            let created = SandboxCgroup::create_announced(
-                &self.id,
-                &limits,
-                parent.map(|p| std::path::Path::new(p.as_str())),
-                &mut |leaves, record| {
-                    if let Some(o) = &owned {
-                        reaped = Some(o.register(&self.id, leaves, Some(record)));
-                    }
-                },
-            );
-            let euid = nix::unistd::geteuid().as_raw();
-            match created {
-                Ok(cg) => Some(cg),
-                // An unprivileged caller: say that it is rootless mode, what is missing and
-                // the ways out, never run without the limits.
-                Err(e)
-                    if euid != 0 && !matches!(e, crate::cgroup::CgroupError::InvalidLimit(_)) =>
-                {
-                    return Err(crate::cgroup::CgroupError::Rootless {
-                        uid: euid,
-                        controllers: limits.controllers().join(", "),
-                        cause: Box::new(e),
-                    }
-                    .into())
-                }
-                Err(e) => return Err(e.into()),
+        // The cgroup exists, with its limits, before anything of the sandbox's runs. On
+        // cgroup v1 the host makes it while the spawner clones (the kernel's namespace work
+        // and ours overlap), and the init joins it by itself before it goes on (see
+        // `v1::V1Cgroup::join_files`); on v2 the init is born in it (CLONE_INTO_CGROUP).
+        let limits = (!self.profile.limits.is_empty()).then(|| self.profile.limits.to_limits());
+        let parent = self
+            .profile
+            .limits
+            .cgroup_parent
+            .as_ref()
+            .map(|p| std::path::PathBuf::from(p.as_str()));
+        let euid = nix::unistd::geteuid().as_raw();
+        // An unprivileged caller: say that it is rootless mode, what is missing and the
+        // ways out, never run without the limits.
+        let rootless_error = |e: crate::cgroup::CgroupError, limits: &crate::cgroup::Limits| {
+            if euid != 0 && !matches!(e, crate::cgroup::CgroupError::InvalidLimit(_)) {
+                Error::from(crate::cgroup::CgroupError::Rootless {
+                    uid: euid,
+                    controllers: limits.controllers().join(", "),
+                    cause: Box::new(e),
+                })
+            } else {
+                e.into()
             }
         };
-        if let (Some(o), None) = (&owned, &reaped) {
-            // No cgroup (no limits): the state and socket directories and the id claim.
-            let cgroups = cgroup.as_ref().map(|c| c.paths()).unwrap_or_default();
-            let record = cgroup.as_ref().and_then(|c| c.record_path());
-            reaped = Some(o.register(&self.id, &cgroups, record));
-        }
-        self.reaped = reaped;
-        // The reaper forgets the first record of an id: the early one.
-        drop(early);
-        // The child is born in its cgroup where the kernel allows it (v2 CLONE_INTO_CGROUP,
-        // v1 by moving the spawner thread for the clone), else attached by pid below.
-        let placement = match cgroup.as_ref() {
+        let detected = match &limits {
+            Some(l) => Some(
+                SandboxCgroup::detect_for(&self.id, l, parent.as_deref())
+                    .map_err(|e| rootless_error(e, l))?,
+            ),
+            None => None,
+        };
+        let join_later = matches!(detected, Some((_, true)));
+        // Shared with the spawner until it is done with the clone: should this start be
+        // cancelled or fail meanwhile, the cgroup is removed only after the spawner thread
+        // and the init are done with it (the init killed and reaped; the last holder
+        // removes it).
+        let cgroup: Arc<Mutex<Option<SandboxCgroup>>> = Arc::new(Mutex::new(None));
+        let keepalive = limits
+            .is_some()
+            .then(|| cgroup.clone() as Arc<dyn std::any::Any + Send + Sync>);
+        let mut reaped = None;
+        let make_cgroup = |reaped: &mut Option<crate::reaper::Registration>| {
+            let _span = tracing::info_span!("cgroup").entered();
+            let (Some(l), Some((detection, _))) = (&limits, &detected) else {
+                return Ok(None);
+            };
+            // The full registration (cgroup leaves and owner record too) goes before the
+            // cgroup's record or first directory exists (from there on, even in the middle
+            // of this start).
+            SandboxCgroup::create_announced(
+                detection,
+                &self.id,
+                l,
+                parent.as_deref(),
+                &mut |leaves, record| {
+                    if let Some(o) = &owned {
+                        *reaped = Some(o.register(&self.id, leaves, Some(record)));
+                    }
+                },
+            )
+            .map(Some)
+            .map_err(|e| rootless_error(e, l))
+        };
+        // v2: made before the clone, which places the init.
+        let made = if join_later {
+            None
+        } else {
+            make_cgroup(&mut reaped)?
+        };
+        let placement = match made.as_ref() {
             Some(cg) => cg.placement()?,
             None => None,
         };
@@ -245,26 +266,21 @@ impl SandboxRunner {
         };
         let owner = self.ids.as_ref().map(|r| (r.base(), r.base()));
         let placed_by_clone = placement.is_some();
-        drop(cgroup_span);
+        let has_cgroup = made.is_some();
+        *cgroup.lock().unwrap_or_else(|p| p.into_inner()) = made;
         // Nothing left to do between the clone and the child's first step (placed at birth,
         // no uid maps to write, no state to record): the spawner lets it go at once.
-        let release = (placed_by_clone || cgroup.is_none())
+        let release = (placed_by_clone || limits.is_none())
             && !self.plan.rootless()
             && !self.plan.detach
             && self.egress.is_none();
-        let has_cgroup = cgroup.is_some();
-        // Shared with the spawner until it is done with the clone: should this start be
-        // cancelled or fail meanwhile, the cgroup is removed only after the spawner thread
-        // left it and the init was killed and reaped (the last holder removes it).
-        let cgroup = Arc::new(Mutex::new(cgroup));
-        let keepalive = has_cgroup.then(|| cgroup.clone() as Arc<dyn std::any::Any + Send + Sync>);
         // The broker's rules are the host's directories and uid as they are now, and only
         // sockets made from now on qualify.
         let broker_rules = broker_host
             .as_ref()
             .map(|_| crate::broker::Rules::now(&|k| std::env::var_os(k)));
         let clone_span = tracing::info_span!("clone");
-        let pending = spawn::spawn(
+        let sent = spawn::spawn(
             self.plan.clone(),
             fds,
             child_side,
@@ -276,21 +292,40 @@ impl SandboxRunner {
                 keepalive,
             },
         )
-        .instrument(clone_span.clone())
-        .await
         .map_err(spawn_error)?;
+        // Until `finish`, an error from here on drops the job (`sent`, then `pending`) and
+        // the sync socket: the init gives up, and the spawner kills and reaps it.
+        let mut join = Vec::new();
+        if join_later {
+            // v1: made while the spawner clones; the init joins it with the go.
+            let made = make_cgroup(&mut reaped)?;
+            if let Some(cg) = &made {
+                join = cg.join_files()?.unwrap_or_default();
+            }
+            *cgroup.lock().unwrap_or_else(|p| p.into_inner()) = made;
+        }
+        let pending = sent
+            .pending()
+            .instrument(clone_span.clone())
+            .await
+            .map_err(spawn_error)?;
         let clone_steps = clone_span.enter();
         let pid = pending.pid;
-        // The init exists and, unless released, waits on the sync pipe. Until `finish`, an
-        // error here drops `pending` and the sync pipe: the init gives up, and the spawner
-        // kills and reaps it.
-        if let Some(cg) = cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            // cgroup v1 (no CLONE_INTO_CGROUP): move the init in while it still waits on the
-            // sync pipe, before it forks the plugin or runs anything of the profile's.
-            if !placed_by_clone {
+        // The init exists and, unless released, waits on the sync socket.
+        if has_cgroup && !placed_by_clone && !join_later {
+            // v2 without CLONE_INTO_CGROUP: move the init in while it still waits on the
+            // sync socket, before it forks the plugin or runs anything of the profile's.
+            if let Some(cg) = cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                 cg.attach(pid)?;
             }
         }
+        if let (Some(o), None) = (&owned, &reaped) {
+            // No cgroup (no limits): the state and socket directories and the id claim.
+            reaped = Some(o.register(&self.id, &[], None));
+        }
+        self.reaped = reaped;
+        // The reaper forgets the first record of an id: the early one.
+        drop(early);
         if self.plan.detach {
             let taken = cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(cg) = taken {
@@ -328,8 +363,9 @@ impl SandboxRunner {
         // Let the child go on (unless the spawner did), then wait until neither the init nor
         // the plugin runs in this process's memory any more.
         if !release {
-            write_all(&sync_w, &[1])?;
+            send_go(&sync_w, &join)?;
         }
+        let join_paths: Vec<std::path::PathBuf> = join.into_iter().map(|(_, p)| p).collect();
         drop(sync_w);
         let Spawned { pid, pidfd } = pending.finish().await.map_err(spawn_error)?;
         set_nonblocking(&status_r)?;
@@ -381,11 +417,11 @@ impl SandboxRunner {
                     errno,
                 }
             } else {
-                Error::Setup {
-                    step,
-                    path: self.plan.step_path(step, se.arg),
-                    errno,
-                }
+                let path = match join_paths.get(se.arg as usize) {
+                    Some(p) if step == Step::CgroupJoin => p.display().to_string(),
+                    _ => self.plan.step_path(step, se.arg),
+                };
+                Error::Setup { step, path, errno }
             });
         }
         if !rec.is_empty() {
@@ -456,11 +492,6 @@ fn spawn_error(e: spawn::SpawnError) -> Error {
         spawn::SpawnError::Clone(errno) => {
             Error::host("clone3 into new namespaces", std::io::Error::from(errno))
         }
-        spawn::SpawnError::Move { path, errno } => crate::cgroup::CgroupError::Place {
-            path,
-            cause: std::io::Error::from(errno),
-        }
-        .into(),
     }
 }
 
@@ -563,10 +594,51 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
     rustix::io::ioctl_fionbio(fd, true).map_err(|e| Error::host("O_NONBLOCK", e))
 }
 
-fn write_all(fd: &OwnedFd, buf: &[u8]) -> Result<(), Error> {
-    rustix::io::write(fd, buf)
-        .map(drop)
-        .map_err(|e| Error::host("sync pipe", e))
+/// The sync socket pair, `(child end, host end)`, both `CLOEXEC` and above 2.
+fn sync_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::host("sync: socketpair", e))?;
+    Ok((stdio::above2(a)?, stdio::above2(b)?))
+}
+
+/// The host's go: one byte on the sync socket, with the cgroup v1 `tasks` files `join` the
+/// init writes `0` to (at most `JOIN_MAX`).
+fn send_go(sync: &OwnedFd, join: &[(OwnedFd, std::path::PathBuf)]) -> Result<(), Error> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::BorrowedFd;
+    const MAX: usize = crate::child::setup::JOIN_MAX;
+    if join.len() > MAX {
+        return Err(Error::host(
+            "sync: the sandbox's cgroup v1 hierarchies",
+            std::io::Error::other(format!(
+                "{} hierarchies, at most {MAX} supported",
+                join.len()
+            )),
+        ));
+    }
+    let fds: Vec<BorrowedFd<'_>> = join.iter().map(|(fd, _)| fd.as_fd()).collect();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Error::host(
+            "sync: the go",
+            std::io::Error::other("control message too large"),
+        ));
+    }
+    rustix::net::sendmsg(
+        sync,
+        &[std::io::IoSlice::new(&[1])],
+        &mut anc,
+        SendFlags::NOSIGNAL,
+    )
+    .map(drop)
+    .map_err(|e| Error::host("sync: sending the go", e))
 }
 
 /// The socket pair of the brokered connect, `(host end, plugin end)`, both `CLOEXEC` and
