@@ -108,7 +108,7 @@ impl SandboxRunner {
             _ => pipe()?,
         };
         // The host's go: one byte, with the cgroup v1 `tasks` files the init joins by itself.
-        let (sync_r, sync_w) = sync_pair()?;
+        let (sync_r, sync_w) = socket_pair("sync")?;
         let mut child_side: Vec<OwnedFd> = Vec::new();
         let Wired {
             stdin_fd,
@@ -150,7 +150,7 @@ impl SandboxRunner {
         plugin_keep.extend_from_slice(self.plan.pass_fds());
         // Brokered connect: the plugin sends its seccomp listener over this pair.
         let broker_pair = if self.profile.sockets.broker && !self.plan.detach {
-            let (host, plugin) = broker_pair()?;
+            let (host, plugin) = socket_pair("broker")?;
             init_keep.push(plugin.as_raw_fd());
             plugin_keep.push(plugin.as_raw_fd());
             Some((host, plugin))
@@ -594,8 +594,9 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
     rustix::io::ioctl_fionbio(fd, true).map_err(|e| Error::host("O_NONBLOCK", e))
 }
 
-/// The sync socket pair, `(child end, host end)`, both `CLOEXEC` and above 2.
-fn sync_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+/// A connected unix stream socket pair, both ends `CLOEXEC` and above 2 (`what` names it
+/// in the error): the sync socket and the brokered connect's pair.
+fn socket_pair(what: &str) -> Result<(OwnedFd, OwnedFd), Error> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
@@ -603,7 +604,7 @@ fn sync_pair() -> Result<(OwnedFd, OwnedFd), Error> {
         SocketFlags::CLOEXEC,
         None,
     )
-    .map_err(|e| Error::host("sync: socketpair", e))?;
+    .map_err(|e| Error::host(format!("{what}: socketpair"), e))?;
     Ok((stdio::above2(a)?, stdio::above2(b)?))
 }
 
@@ -639,20 +640,6 @@ fn send_go(sync: &OwnedFd, join: &[(OwnedFd, std::path::PathBuf)]) -> Result<(),
     )
     .map(drop)
     .map_err(|e| Error::host("sync: sending the go", e))
-}
-
-/// The socket pair of the brokered connect, `(host end, plugin end)`, both `CLOEXEC` and
-/// above 2.
-fn broker_pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    let (a, b) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::host("broker: socketpair", e))?;
-    Ok((stdio::above2(a)?, stdio::above2(b)?))
 }
 
 /// The seccomp listener the plugin sent on `host` (one byte with `SCM_RIGHTS`).
