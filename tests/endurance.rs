@@ -163,10 +163,18 @@ fn sigkill_child(pid: i32) -> bool {
     }
 }
 
-/// This process's fds and what they point to (the listing's own fd left out).
-fn fd_table() -> BTreeMap<i32, String> {
+/// This process's fds and what they point to (the listing's own fd left out), and apart
+/// from them how many network namespaces it holds open.
+///
+/// A root runner keeps one network namespace made ahead for the next start (its fd number
+/// and namespace change with every refill), so those of namespaces other than this
+/// process's own are counted, not listed: more than one is a leak.
+fn fd_table() -> (BTreeMap<i32, String>, usize) {
     let own_listing = format!("/proc/{}/fd", std::process::id());
+    let own_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let own_net = own_net.to_string_lossy();
     let mut out = BTreeMap::new();
+    let mut netns = 0;
     for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let Ok(n) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -175,11 +183,13 @@ fn fd_table() -> BTreeMap<i32, String> {
             continue; // the listing's own fd, closed by now
         };
         let target = target.to_string_lossy().into_owned();
-        if target != own_listing {
+        if target.starts_with("net:[") && target != own_net {
+            netns += 1;
+        } else if target != own_listing {
             out.insert(n, target);
         }
     }
-    out
+    (out, netns)
 }
 
 fn thread_count() -> usize {
@@ -269,6 +279,8 @@ struct Snapshot {
     /// The state root's entries and the owner records.
     files: BTreeSet<PathBuf>,
     fds: BTreeMap<i32, String>,
+    /// Network namespaces held open (see [`fd_table`]).
+    netns_fds: usize,
     threads: usize,
     descendants: BTreeSet<i32>,
     zombies: BTreeSet<i32>,
@@ -278,11 +290,13 @@ impl Snapshot {
     fn take(bases: &[PathBuf], state_root: &Path, records: &Path) -> Snapshot {
         let mut files = entries(state_root);
         files.extend(entries(records));
+        let (fds, netns_fds) = fd_table();
         Snapshot {
             mounts: std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
             cgroups: cgroup_dirs(bases),
             files,
-            fds: fd_table(),
+            fds,
+            netns_fds,
             threads: thread_count(),
             descendants: descendants(std::process::id() as i32),
             zombies: zombie_children(),
@@ -328,6 +342,12 @@ impl Snapshot {
                     self.fds.get(fd)
                 ));
             }
+        }
+        if now.netns_fds > self.netns_fds.max(1) {
+            leaks.push(format!(
+                "network namespaces held open: {} before, {} now (one made ahead is kept)",
+                self.netns_fds, now.netns_fds
+            ));
         }
         if now.threads > self.threads {
             leaks.push(format!(

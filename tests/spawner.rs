@@ -13,7 +13,7 @@ use common::*;
 
 use sandbox_runner::{AttachedRunner, Profile, Runner, SandboxRunner};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// A marker no sandbox could make up: random, and never written whole into its argv.
 fn marker() -> String {
@@ -937,5 +937,117 @@ fn a_sigkilled_library_host_leaves_nothing_within_two_seconds() {
         killed.elapsed()
     );
     drop(lines);
+    before.assert_unchanged();
+}
+
+/// Run inside: the plugin's network namespace, whether `lo` carries a connection, and who
+/// owns the namespace (`NS_GET_USERNS`: the owner's inode, or `EPERM` when the owner is an
+/// ancestor of the plugin's user namespace, i.e. the host's); with `bind80`, whether it may
+/// bind port 80. Then it waits for a line on stdin, so that sandboxes overlap.
+const NETNS_PROBE: &str = r#"
+import errno, fcntl, os, socket, sys
+print('NET', os.readlink('/proc/self/ns/net'))
+print('USER', os.stat('/proc/self/ns/user').st_ino)
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()
+c = socket.create_connection(s.getsockname()); a, _ = s.accept(); c.sendall(b'x')
+print('LO', a.recv(1).decode())
+fd = os.open('/proc/self/ns/net', os.O_RDONLY)
+try:
+    print('OWNER', os.fstat(fcntl.ioctl(fd, 0xb701)).st_ino)
+except OSError as e:
+    print('OWNER', errno.errorcode[e.errno])
+if 'bind80' in sys.argv:
+    try:
+        socket.socket().bind(('127.0.0.1', 80)); print('BIND80 ok')
+    except OSError as e:
+        print('BIND80', errno.errorcode[e.errno])
+sys.stdout.flush()
+sys.stdin.readline()
+"#;
+
+/// Starts the probe under `profile` and returns its runner (still running) and its report.
+async fn netns_probe(profile: Profile, args: &[&str]) -> (SandboxRunner, Vec<String>) {
+    let mut argv = vec!["-c", NETNS_PROBE];
+    argv.extend_from_slice(args);
+    let mut r = SandboxRunner::new(profile, "/usr/bin/python3", argv)
+        .unwrap()
+        .with_stdin(sandbox_runner::Stdio::Pipe);
+    r.start().await.unwrap();
+    let mut lines = BufReader::new(r.stdout().unwrap()).lines();
+    let mut report = Vec::new();
+    let want = if args.contains(&"bind80") { 5 } else { 4 };
+    while report.len() < want {
+        match tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
+            Ok(Ok(Some(l))) => report.push(l),
+            other => panic!("probe ended early ({other:?}) after {report:?}"),
+        }
+    }
+    (r, report)
+}
+
+fn field<'a>(report: &'a [String], key: &str) -> &'a str {
+    report
+        .iter()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {key} in {report:?}"))
+}
+
+/// A root runner's sandboxes are cloned into network namespaces made ahead of their starts:
+/// each serves one sandbox (three alive at once have three namespaces, none the host's),
+/// comes with `lo` up, and belongs to the host's user namespace, over which the sandbox's
+/// root has no capability. A plugin that keeps a capability checked against the
+/// namespace's owner (here CAP_NET_BIND_SERVICE) gets a namespace its own user namespace
+/// owns, as before, and may use it: it binds port 80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_namespaces_made_ahead_serve_one_sandbox_each() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let host_net = host_net.to_str().unwrap();
+    let mut running = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        // Returns once the next namespace is made (the previous start took the last).
+        tokio::task::spawn_blocking(SandboxRunner::prewarm)
+            .await
+            .unwrap();
+        let (r, report) = netns_probe(Profile::builtin("default").unwrap(), &[]).await;
+        let net = field(&report, "NET").to_string();
+        assert_ne!(net, host_net, "{report:?}");
+        assert!(
+            seen.insert(net),
+            "a network namespace served twice: {report:?}"
+        );
+        assert_eq!(field(&report, "LO"), "x", "{report:?}");
+        assert_eq!(
+            field(&report, "OWNER"),
+            "EPERM",
+            "not made ahead: {report:?}"
+        );
+        running.push(r);
+    }
+    let keep = Profile::from_toml_str(
+        "extends = \"default\"\nkeep_capabilities = [\"CAP_NET_BIND_SERVICE\"]\n",
+        "test",
+    )
+    .unwrap();
+    let (r, report) = netns_probe(keep, &["bind80"]).await;
+    assert!(seen.insert(field(&report, "NET").to_string()), "{report:?}");
+    assert_eq!(field(&report, "LO"), "x", "{report:?}");
+    assert_eq!(
+        field(&report, "OWNER"),
+        field(&report, "USER"),
+        "{report:?}"
+    );
+    assert_eq!(field(&report, "BIND80"), "ok", "{report:?}");
+    running.push(r);
+    for mut r in running {
+        r.take_stdin().unwrap().write_all(b"\n").await.unwrap();
+        let st = r.wait().await.unwrap();
+        assert!(st.success(), "{st}");
+    }
     before.assert_unchanged();
 }

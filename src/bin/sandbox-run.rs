@@ -289,7 +289,7 @@ fn main() -> ExitCode {
         std::thread::Builder::new()
             .name("prewarm".into())
             .stack_size(128 * 1024)
-            .spawn(SandboxRunner::prewarm)
+            .spawn(SandboxRunner::prewarm_single)
             .ok();
     }
     let code = match tokio::runtime::Builder::new_current_thread()

@@ -46,6 +46,9 @@ pub(crate) struct ChildFds {
     /// The plugin's end of the broker socket (`CLOEXEC`), or -1: the plugin installs the
     /// brokered-connect filter and sends its listener there (`[sockets] broker`).
     pub broker: RawFd,
+    /// Set by the spawner: the init was cloned into a network namespace made ahead
+    /// (`netpool`), whose `lo` is up already and which the sandbox's root may not configure.
+    pub net_ready: bool,
 }
 
 impl ChildFds {

@@ -22,6 +22,7 @@ pub(crate) mod landlock;
 pub(crate) mod mnt;
 pub(crate) mod net;
 pub(crate) mod netns;
+pub(crate) mod netpool;
 pub(crate) mod plan;
 pub(crate) mod rlimit;
 pub(crate) mod seccomp;

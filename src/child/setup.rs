@@ -251,7 +251,7 @@ pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
                 fail(e, Step::Hostname, err)
             }
         }
-        if plan.ns.net {
+        if plan.ns.net && !fds.net_ready {
             if let Err(err) = net::loopback_up() {
                 fail(e, Step::Loopback, err)
             }

@@ -38,8 +38,8 @@ pub(crate) struct Spawned {
     pub pidfd: OwnedFd,
 }
 
-/// Clones the init with `plan`'s namespace flags into this address space (`CLONE_VM`), on
-/// the init stack of `stacks`. Called on the spawner thread only.
+/// Clones the init with `plan`'s namespace flags but `drop_flags` into this address space
+/// (`CLONE_VM`), on the init stack of `stacks`. Called on the spawner thread only.
 ///
 /// # Safety
 /// `ctx` must describe open fds of this process and stay alive, with `stacks`, until the
@@ -48,13 +48,14 @@ unsafe fn clone_init(
     ctx: &ChildCtx,
     stacks: &Stacks,
     cgroup: Option<RawFd>,
+    drop_flags: u64,
 ) -> Result<Spawned, Errno> {
     // SAFETY: the caller's contract.
     let plan = unsafe { &*ctx.plan };
     let mut pidfd: c_int = -1;
     let (stack, stack_size) = stacks.stack(0);
     let mut args = CloneArgs {
-        flags: plan.clone_flags | libc::CLONE_PIDFD as u64 | libc::CLONE_VM as u64,
+        flags: (plan.clone_flags & !drop_flags) | libc::CLONE_PIDFD as u64 | libc::CLONE_VM as u64,
         pidfd: (&mut pidfd as *mut c_int) as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack as u64,
@@ -135,6 +136,8 @@ struct Job {
     owner: Option<(u32, u32)>,
     /// See [`Request::keepalive`].
     keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// See [`Request::pool_net`].
+    pool_net: bool,
     reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
@@ -151,6 +154,10 @@ pub(crate) struct Request {
     /// and reaped): the sandbox's cgroup, so that a cancelled start never removes it while
     /// the spawner thread or the init is still inside.
     pub keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// The init may be cloned into a network namespace made ahead (`netpool`), owned by the
+    /// host's user namespace, when there is one: the host decided that the plugin loses
+    /// nothing by it.
+    pub pool_net: bool,
 }
 
 /// The spawner thread's own ids and groups, saved while it clones as a sandbox's owner.
@@ -212,8 +219,17 @@ impl OwnerCreds {
     }
 }
 
-/// Runs one job on the spawner thread.
-fn run_job(job: Job) {
+/// This thread's own network namespace (`None`: it could not be opened, and no namespace
+/// made ahead is ever entered).
+struct HostNet(Option<OwnedFd>);
+
+/// The spawner thread moved into a namespace made ahead and could not move back: it must
+/// clone nothing more (a sandbox without a network namespace of its own would share that
+/// one).
+struct Stuck;
+
+/// Runs one job on the spawner thread; [`Stuck`] ends the thread.
+fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
     let Job {
         plan,
         mut fds,
@@ -224,6 +240,7 @@ fn run_job(job: Job) {
         vm_r,
         owner,
         keepalive,
+        pool_net,
         reply,
     } = job;
     let stacks = match Stacks::new() {
@@ -232,9 +249,23 @@ fn run_job(job: Job) {
             // SAFETY: a 4-byte write from a live buffer.
             unsafe { libc::write(early_w.as_raw_fd(), [0u8; 4].as_ptr().cast(), 4) };
             let _ = reply.send(Reply(Some(Err(SpawnError::Clone(e)))));
-            return;
+            return Ok(());
         }
     };
+    // A network namespace made ahead: entered by this thread (as root, before it takes the
+    // owner's ids) for the clone only, so the init inherits it instead of making one.
+    let newnet = libc::CLONE_NEWNET as u64;
+    let mut entered = None;
+    if pool_net && plan.clone_flags & newnet != 0 && host_net.0.is_some() {
+        if let Some(ns) = super::netpool::take() {
+            // Should this fail, the clone makes the namespace itself, as without the pool.
+            if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_ok() {
+                entered = Some(ns);
+            }
+        }
+    }
+    let drop_flags = if entered.is_some() { newnet } else { 0 };
+    fds.net_ready = entered.is_some();
     (fds.plugin_stack, fds.plugin_stack_size) = stacks.stack(1);
     let ctx = ChildCtx {
         plan: Arc::as_ptr(&plan),
@@ -249,7 +280,8 @@ fn run_job(job: Job) {
             None => None,
         };
         // SAFETY: ctx, plan and stacks live until the memory pipe's end of file below.
-        let res = unsafe { clone_init(&ctx, &stacks, cgroup) }.map_err(SpawnError::Clone);
+        let res =
+            unsafe { clone_init(&ctx, &stacks, cgroup, drop_flags) }.map_err(SpawnError::Clone);
         if let Some(c) = creds {
             restored = c.restore().map_err(SpawnError::Clone);
         }
@@ -259,6 +291,17 @@ fn run_job(job: Job) {
         None => clone(None),
         Some(Placement::IntoCgroup(fd)) => clone(Some(fd.as_raw_fd())),
     };
+    // Back to the host's namespace (plain system calls only from here: a child may run on
+    // this thread's memory). The made namespace's fd closes: the init holds it now.
+    let mut stuck = false;
+    if entered.take().is_some() {
+        if let Some(host) = &host_net.0 {
+            stuck = nix::sched::setns(host, nix::sched::CloneFlags::CLONE_NEWNET).is_err();
+        }
+        if stuck && restored.is_ok() {
+            restored = Err(SpawnError::Clone(Errno::EBADFD));
+        }
+    }
     // From here until the memory pipe's end of file, the init (and then the plugin) run in
     // this address space, on this thread's thread-local storage (errno): this thread only
     // makes plain system calls that succeed, and waits.
@@ -306,6 +349,11 @@ fn run_job(job: Job) {
         drop(Reply(Some(res)));
         drop(keepalive);
     }
+    if stuck {
+        Err(Stuck)
+    } else {
+        Ok(())
+    }
 }
 
 /// Clones every sandbox from one dedicated thread that lives as long as the process.
@@ -329,10 +377,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     libc::sigfillset(&mut all);
                     libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
                 }
+                let host_net = HostNet(super::netpool::own_netns().ok());
                 // The Sender lives in a static, so this loop never ends and the thread
-                // never exits while the process runs.
+                // never exits while the process runs, unless it is stuck in a sandbox's
+                // network namespace: then every later start fails (its job is refused).
                 while let Ok(job) = rx.recv() {
-                    run_job(job);
+                    if run_job(job, &host_net).is_err() {
+                        break;
+                    }
                 }
             })
             .expect("cannot start the sandbox-spawner thread");
@@ -425,6 +477,7 @@ pub(crate) fn spawn(
         release,
         owner,
         keepalive,
+        pool_net,
     } = req;
     let io = |e: std::io::Error| SpawnError::Clone(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
     let (early_r, early_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -444,6 +497,7 @@ pub(crate) fn spawn(
             vm_r,
             owner,
             keepalive,
+            pool_net,
             reply,
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;

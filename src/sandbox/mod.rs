@@ -98,13 +98,34 @@ impl SandboxRunner {
     /// so that it runs while the host parses its configuration. A start that comes while it
     /// runs waits for the part it needs. Errors are not reported here: the start that needs
     /// the part reports (or, for the reaper, logs) them as it would have.
+    ///
+    /// Run as root, it also starts the thread that keeps one network namespace made ahead
+    /// for the next start, and returns once that namespace is ready (at most a second).
+    /// After a start takes it, the thread makes the next one at idle priority once no start
+    /// has asked for one for 10 ms, so the work stays off the starts' own paths; calling
+    /// `prewarm` again waits for it. See [`prewarm_single`](Self::prewarm_single) for a
+    /// process that starts one sandbox.
     pub fn prewarm() {
+        Self::prewarm_with(crate::child::netpool::Budget::Refill);
+    }
+
+    /// [`prewarm`](Self::prewarm) for a process that starts a single sandbox, as
+    /// `sandbox-run` does: the one network namespace it makes ahead is not made again once
+    /// taken, so no namespace is made for nothing.
+    pub fn prewarm_single() {
+        Self::prewarm_with(crate::child::netpool::Budget::Total(1));
+    }
+
+    fn prewarm_with(netns: crate::child::netpool::Budget) {
         // In the order a start needs them: the reaper before the first cgroup, the spawner
-        // at the clone, the watch once the sandbox runs.
+        // and the network namespace at the clone, the watch once the sandbox runs.
+        // The network namespace first: its thread makes it while the rest comes up.
+        crate::child::netpool::start(netns);
         let _ = crate::child::exe::init_exe();
         crate::reaper::start();
         crate::child::spawner::prewarm();
         crate::cgroup::watch_prewarm();
+        crate::child::netpool::wait_ready(std::time::Duration::from_secs(1));
     }
 
     /// Prepares a sandbox that runs `program` with `args` under `profile`. Nothing starts

@@ -19,6 +19,22 @@ use crate::child::spawner::{self as spawn, Spawned};
 use crate::child::step::{Step, StepError, STEP_ERROR_LEN};
 use crate::error::Error;
 
+/// The capabilities the kernel checks against the user namespace that owns a network
+/// namespace (configuring it, raw sockets, ports below 1024, broadcast, mounting its sysfs):
+/// a plugin that keeps one of them gets a network namespace owned by its own user namespace.
+fn net_owner_caps() -> u64 {
+    use caps::Capability::*;
+    [
+        CAP_NET_BIND_SERVICE,
+        CAP_NET_BROADCAST,
+        CAP_NET_ADMIN,
+        CAP_NET_RAW,
+        CAP_SYS_ADMIN,
+    ]
+    .iter()
+    .fold(0, |m, c| m | 1u64 << c.index())
+}
+
 impl SandboxRunner {
     pub(super) async fn start_inner(&mut self) -> Result<(), Error> {
         let setup_span = tracing::info_span!("setup").entered();
@@ -176,6 +192,8 @@ impl SandboxRunner {
             plugin_stack_size: 0,
             ctty: caller.terminal_fd().map_or(-1, |n| n as i32),
             broker: broker_pair.as_ref().map_or(-1, |(_, p)| p.as_raw_fd()),
+            // Set by the spawner.
+            net_ready: false,
         };
         child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
         let broker_host = broker_pair.map(|(host, plugin)| {
@@ -279,6 +297,17 @@ impl SandboxRunner {
         let broker_rules = broker_host
             .as_ref()
             .map(|_| crate::broker::Rules::now(&|k| std::env::var_os(k)));
+        // A network namespace made ahead belongs to the host's user namespace: fine for a
+        // root runner's sandbox without a user namespace of its own (so is a cloned one), or
+        // whose plugin keeps none of the capabilities checked against the namespace's owner
+        // (the init never uses them: its `lo` comes up ready).
+        let pool_net = euid == 0
+            && match self.plan.ids() {
+                crate::plan::IdMode::Host => true,
+                crate::plan::IdMode::Range => self.plan.keep_caps & net_owner_caps() == 0,
+                // Rootless: the caller could not enter a namespace owned by the host.
+                crate::plan::IdMode::Caller => false,
+            };
         let clone_span = tracing::info_span!("clone");
         let sent = spawn::spawn(
             self.plan.clone(),
@@ -290,6 +319,7 @@ impl SandboxRunner {
                 release,
                 owner,
                 keepalive,
+                pool_net,
             },
         )
         .map_err(spawn_error)?;
