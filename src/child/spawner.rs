@@ -4,7 +4,7 @@
 
 use libc::c_int;
 use nix::errno::Errno;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -219,6 +219,9 @@ impl OwnerCreds {
     }
 }
 
+/// `setns` of a network namespace.
+const NETWORK: rustix::thread::LinkNameSpaceType = rustix::thread::LinkNameSpaceType::Network;
+
 /// This thread's own network namespace (`None`: it could not be opened, and no namespace
 /// made ahead is ever entered).
 struct HostNet(Option<OwnedFd>);
@@ -259,7 +262,7 @@ fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
     if pool_net && plan.clone_flags & newnet != 0 && host_net.0.is_some() {
         if let Some(ns) = super::netpool::take() {
             // Should this fail, the clone makes the namespace itself, as without the pool.
-            if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_ok() {
+            if rustix::thread::move_into_link_name_space(ns.as_fd(), Some(NETWORK)).is_ok() {
                 entered = Some(ns);
             }
         }
@@ -291,12 +294,13 @@ fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
         None => clone(None),
         Some(Placement::IntoCgroup(fd)) => clone(Some(fd.as_raw_fd())),
     };
-    // Back to the host's namespace (plain system calls only from here: a child may run on
-    // this thread's memory). The made namespace's fd closes: the init holds it now.
+    // Back to the host's namespace, with a raw system call that leaves `errno` alone (a
+    // child may run on this thread's thread-local storage). The made namespace's fd closes:
+    // the init holds it now.
     let mut stuck = false;
     if entered.take().is_some() {
         if let Some(host) = &host_net.0 {
-            stuck = nix::sched::setns(host, nix::sched::CloneFlags::CLONE_NEWNET).is_err();
+            stuck = rustix::thread::move_into_link_name_space(host.as_fd(), Some(NETWORK)).is_err();
         }
         if stuck && restored.is_ok() {
             restored = Err(SpawnError::Clone(Errno::EBADFD));
