@@ -8,7 +8,8 @@
 //! no panics. The init and the plugin run in the host's address space (`CLONE_VM`) on stacks
 //! of their own until they exec, so nothing of the host is ever copied.
 //!
-//! Order of a start: `spawner` clones the init (`clone`); the init runs `setup`
+//! Order of a start: `spawner` clones the init (`clone`), into a network namespace made
+//! ahead (`netpool`) when the host allows one and one is ready; the init runs `setup`
 //! (death signal, stdio, fds, the host's go, session, `mnt`, `uts`, `net`), then
 //! `init` clones the plugin and execs `sandbox-init` (`exe`); the plugin applies
 //! `landlock`, `rlimit`, `caps`, `seccomp` and execs.
