@@ -1736,6 +1736,61 @@ fn escape_host_wide_proc_files_are_masked() {
     }
 }
 
+/// The `/proc` directories of host-wide data (pressure, ACPI, drivers) are masked by one
+/// empty read-only tmpfs, bound over each: inside, each lists empty and refuses a new entry,
+/// even from the plugin's root, and all show the same (empty) superblock.
+#[test]
+fn escape_proc_mask_dirs_are_empty_and_refuse_writes() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    // The control: the host has at least two of them, one with entries (pressure).
+    let present: Vec<&str> = ["pressure", "acpi", "driver"]
+        .into_iter()
+        .filter(|d| std::path::Path::new(&format!("/proc/{d}")).is_dir())
+        .collect();
+    assert!(
+        present.len() >= 2,
+        "too few masked /proc directories on the host to test: {present:?}"
+    );
+    assert!(
+        std::fs::read_dir("/proc/pressure").is_ok_and(|mut r| r.next().is_some()),
+        "the host's /proc/pressure lists nothing: the control cannot tell a mask"
+    );
+    let mut body = String::from("for d in [");
+    for d in &present {
+        body.push_str(&format!("'{d}', "));
+    }
+    body.push_str(
+        "]:\n    p = '/proc/' + d\n    print(d, 'LIST', len(os.listdir(p)), os.stat(p).st_dev)\n    \
+         for what, f in (('MKDIR', lambda: os.mkdir(p + '/x')), \
+         ('CREATE', lambda: open(p + '/x', 'w'))):\n        \
+         try:\n            f()\n            print(d, what, 'OK')\n        \
+         except OSError as e:\n            \
+         print(d, what, errno.errorcode.get(e.errno, e.errno))\n",
+    );
+    let out = py_run(&body);
+    let mut devs = std::collections::BTreeSet::new();
+    for d in &present {
+        let list = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{d} LIST ")))
+            .unwrap_or_else(|| panic!("no listing for /proc/{d}: {out}"));
+        let f: Vec<&str> = list.split_whitespace().collect();
+        assert_eq!(f[2], "0", "/proc/{d} shows host entries inside: {out}");
+        devs.insert(f[3].to_string());
+        for what in ["MKDIR", "CREATE"] {
+            assert_eq!(
+                result_of(&out, &format!("{d} {what}")),
+                "EROFS",
+                "/proc/{d} {what}: {out}"
+            );
+        }
+    }
+    assert_eq!(devs.len(), 1, "the masks are not one tmpfs: {out}");
+}
+
 #[test]
 fn escape_proc_self_cgroup_shows_no_host_path() {
     let _g = serial();

@@ -55,7 +55,8 @@ pub(crate) enum OpKind {
     /// `symlink(src, dst)`.
     Symlink,
     /// An empty, read-only tmpfs over the directory `dst`, when it exists (a `/proc`
-    /// directory of host-wide data a kernel may not have).
+    /// directory of host-wide data a kernel may not have). The first one mounts the tmpfs,
+    /// the others bind it: one superblock for all.
     MaskDir,
     /// Make the mount at `dst` (only that one, not below) read-only.
     ReadOnly,
@@ -140,9 +141,11 @@ unsafe fn set_attr(
     }
 }
 
-unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
+/// Runs one op. `mask` is the path of the first [`OpKind::MaskDir`] mounted so far (the
+/// later ones bind it).
+unsafe fn run_op(op: &MountOp, mask: &mut Option<*const libc::c_char>) -> Result<(), Errno> {
     // SAFETY: mkdir/open/mount/symlink with the op's CStrings (NUL-terminated, owned by the
-    // plan).
+    // plan; `mask` points into one of them).
     unsafe {
         let null = std::ptr::null::<libc::c_char>();
         match op.kind {
@@ -217,18 +220,40 @@ unsafe fn run_op(op: &MountOp) -> Result<(), Errno> {
             .map(drop),
             OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
             OpKind::MaskDir => {
-                if libc::mount(
-                    c"tmpfs".as_ptr(),
-                    op.dst.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"size=0,mode=555".as_ptr().cast(),
-                ) == -1
-                {
+                let masked = match *mask {
+                    // One empty tmpfs for all the masks: each more superblock is one more
+                    // pair of list_lrus that every memory cgroup's removal, anywhere on the
+                    // machine, walks while this sandbox lives.
+                    Some(first) => libc::mount(
+                        first,
+                        op.dst.as_ptr(),
+                        null,
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ),
+                    None => libc::mount(
+                        c"tmpfs".as_ptr(),
+                        op.dst.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        c"size=0,mode=555".as_ptr().cast(),
+                    ),
+                };
+                if masked == -1 {
                     let e = Errno::last();
                     return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
                 }
-                Ok(())
+                if mask.is_none() {
+                    *mask = Some(op.dst.as_ptr());
+                    return Ok(());
+                }
+                // The bind's own mount flags, set as on the first (its superblock is
+                // read-only already).
+                set_attr(
+                    op.dst.as_ptr(),
+                    0,
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                )
             }
         }
     }
@@ -269,8 +294,9 @@ pub(crate) unsafe fn setup_root(plan: &Plan, err_w: libc::c_int) {
         {
             fail_at(err_w, Step::PivotRoot, 0, e)
         }
+        let mut mask = None;
         for op in &plan.root_ops {
-            if let Err(e) = run_op(op) {
+            if let Err(e) = run_op(op, &mut mask) {
                 fail_at(err_w, Step::Mount, op.entry, e)
             }
         }
