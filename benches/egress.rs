@@ -18,7 +18,10 @@
 //!    medians (target: under 1 ms).
 //!
 //! Everything is on this machine's loopback; the runtime is tokio's multi-thread one with two
-//! workers, serving both the proxy and the clients.
+//! workers (`EGRESS_WORKERS`), serving both the proxy and the clients, unless
+//! `EGRESS_PROXY_WORKERS` gives the proxy a runtime of its own on threads of its own (1: a
+//! current-thread runtime, as in `sandbox-run`; more: a multi-thread one, as in a library
+//! host), which is where the proxy runs in the product: apart from the plugin and the server.
 
 mod common;
 
@@ -145,7 +148,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_u64("EGRESS_WORKERS", 2).max(1) as usize)
         .enable_all()
         .build()
         .unwrap();
@@ -173,10 +176,44 @@ async fn run() {
         "relay buffer: {} KiB per direction",
         config.relay_buffer / 1024
     );
-    let (egress, _stop) = Egress::new(rules, config, resolver);
     let listener = std::net::TcpListener::bind((LOCAL, 0)).unwrap();
     let proxy = listener.local_addr().unwrap();
-    tokio::spawn(http::serve_http(egress.clone(), listener));
+    let proxy_workers = env_u64("EGRESS_PROXY_WORKERS", 0) as usize;
+    let (egress, _stop) = if proxy_workers == 0 {
+        let (egress, stop) = Egress::new(rules, config, resolver);
+        tokio::spawn(http::serve_http(egress.clone(), listener));
+        (egress, stop)
+    } else {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = if proxy_workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(proxy_workers)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            rt.block_on(async move {
+                let (egress, stop) = Egress::new(rules, config, resolver);
+                tx.send((egress.clone(), stop)).unwrap();
+                let _ = http::serve_http(egress, listener).await;
+            });
+        });
+        rx.recv().unwrap()
+    };
+    println!(
+        "proxy runtime: {}",
+        match proxy_workers {
+            0 => "the bench's own".to_string(),
+            1 => "a current-thread runtime of its own".to_string(),
+            n => format!("a runtime of its own, {n} workers"),
+        }
+    );
 
     // 1. Throughput.
     let sink_target = format!("bench.test:{}", sink.port());
