@@ -156,6 +156,7 @@ impl LandlockPlan {
                 | OpKind::Symlink
                 | OpKind::ReadOnly
                 | OpKind::BindIfExists { .. }
+                | OpKind::MaskSource
                 | OpKind::MaskDir => continue,
             };
             let path = PathBuf::from(std::ffi::OsStr::new(

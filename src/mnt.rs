@@ -32,6 +32,9 @@ pub(crate) struct RootBuilder {
     made: BTreeSet<PathBuf>,
     /// (host source, sandbox destination) of every bind, to find the program.
     binds: Vec<(PathBuf, PathBuf)>,
+    /// Where the ops so far mount something or make a symbolic link: below these a path is
+    /// not in the root tmpfs.
+    covered: Vec<PathBuf>,
 }
 
 fn cstr(p: &Path) -> Result<CString, Error> {
@@ -64,7 +67,15 @@ impl RootBuilder {
             labels: Vec::new(),
             made: BTreeSet::new(),
             binds: Vec::new(),
+            covered: Vec::new(),
         }
+    }
+
+    /// Whether `p`, after the ops so far, is a path of the root tmpfs itself: no mount (or
+    /// symbolic link) at it or above it. A directory made there is the sandbox's own, in a
+    /// superblock the sandbox has anyway, never the host's.
+    fn in_root_tmpfs(&self, p: &Path) -> bool {
+        !self.covered.iter().any(|c| p.starts_with(c))
     }
 
     fn bad(&self, label: &str, why: impl std::fmt::Display) -> Error {
@@ -82,6 +93,12 @@ impl RootBuilder {
         data: &str,
         mode: u32,
     ) -> Result<(), Error> {
+        if !matches!(
+            kind,
+            OpKind::Mkdir | OpKind::Touch | OpKind::ReadOnly | OpKind::MaskSource
+        ) {
+            self.covered.push(dst.to_path_buf());
+        }
         self.ops.push(MountOp {
             kind,
             src: cstr(src)?,
@@ -201,6 +218,15 @@ impl RootBuilder {
                 self.labels.push(label.clone());
                 let d = p(dst.as_str(), &label, self)?;
                 self.dirs(&d, true, 0o555)?;
+                // The masks below are binds of one empty directory of the root tmpfs, kept
+                // as a detached clone and then covered by this proc (reachable by no path),
+                // so they cost no superblock. Where the proc is not in the root tmpfs (below
+                // a bind of a host directory), they are one read-only tmpfs of their own.
+                if self.in_root_tmpfs(&d) {
+                    let src = d.join(".sandbox-mask");
+                    self.push(OpKind::Mkdir, Path::new(""), &src, "", 0o555)?;
+                    self.push(OpKind::MaskSource, Path::new(""), &src, "", 0)?;
+                }
                 self.push(OpKind::Proc, Path::new("proc"), &d, "", 0)?;
                 // Capabilities are gone, but a root plugin still owns these by uid: keep
                 // the host's kernel knobs out of reach, as container runtimes do. Read-only:
@@ -256,16 +282,32 @@ impl RootBuilder {
                 self.labels.push(label.clone());
                 let d = p(dst.as_str(), &label, self)?;
                 self.dirs(&d, true, 0o755)?;
-                // Not nodev: the device nodes bound below must work.
-                self.push(
-                    OpKind::Tmpfs {
-                        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-                    },
-                    Path::new("tmpfs"),
-                    &d,
-                    "mode=755",
-                    0,
-                )?;
+                if self.in_root_tmpfs(&d) {
+                    // A directory of the root tmpfs, bound on itself to be a mount with
+                    // flags of its own: no superblock of its own. (The device nodes are
+                    // binds of the host's, each a mount with its own flags.)
+                    self.push(
+                        OpKind::Bind {
+                            attrs: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+                        },
+                        &d,
+                        &d,
+                        "",
+                        0,
+                    )?;
+                } else {
+                    // Below a bind of a host directory: a tmpfs of its own, so nothing is
+                    // made in the host's directory. Not nodev: the nodes must work.
+                    self.push(
+                        OpKind::Tmpfs {
+                            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+                        },
+                        Path::new("tmpfs"),
+                        &d,
+                        "mode=755",
+                        0,
+                    )?;
+                }
                 for node in ["null", "zero", "full", "random", "urandom", "tty"] {
                     let host = Path::new("/dev").join(node);
                     let inside = d.join(node);
@@ -317,8 +359,8 @@ impl RootBuilder {
                 ] {
                     self.push(OpKind::Symlink, Path::new(target), &d.join(name), "", 0)?;
                 }
-                // Nothing more is created in /dev: its own tmpfs becomes read-only (the
-                // nodes, shm and pts below keep their own flags).
+                // Nothing more is created in /dev: its mount becomes read-only (the nodes,
+                // shm and pts below keep their own flags).
                 self.push(OpKind::ReadOnly, Path::new(""), &d, "", 0)
             }
             MountSpec::Dir { dst, mode } => {
@@ -452,6 +494,87 @@ mod tests {
 
     fn c(s: &str) -> CString {
         CString::new(s).unwrap()
+    }
+
+    fn ops_at(b: &RootBuilder, dst: &str) -> Vec<(OpKind, CString)> {
+        b.ops
+            .iter()
+            .filter(|o| o.dst == c(dst))
+            .map(|o| (o.kind, o.src.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn dev_and_proc_in_the_root_tmpfs_make_no_filesystem_of_their_own() {
+        let mut b = RootBuilder::new();
+        b.add(&MountSpec::Proc {
+            dst: AbsPath::new("/proc").unwrap(),
+        })
+        .unwrap();
+        b.add(&MountSpec::Dev {
+            dst: AbsPath::new("/dev").unwrap(),
+            pts: false,
+        })
+        .unwrap();
+        // The masks' source: an empty directory of the root tmpfs, kept, then covered.
+        let src = b
+            .ops
+            .iter()
+            .position(|o| o.kind == OpKind::MaskSource)
+            .expect("no mask source");
+        assert_eq!(b.ops[src].dst, c("/proc/.sandbox-mask"));
+        assert_eq!(b.ops[src - 1].kind, OpKind::Mkdir);
+        assert_eq!(b.ops[src + 1].kind, OpKind::Proc);
+        assert!(b
+            .ops
+            .iter()
+            .skip(src)
+            .any(|o| o.kind == OpKind::MaskDir && o.dst == c("/proc/pressure")));
+        // /dev: a bind of itself, read-only at the end; only /dev/shm is a tmpfs.
+        let attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC;
+        assert_eq!(
+            ops_at(&b, "/dev"),
+            [
+                (OpKind::Mkdir, c("")),
+                (OpKind::Bind { attrs }, c("/dev")),
+                (OpKind::ReadOnly, c(""))
+            ]
+        );
+        let tmpfs: Vec<&CString> = b
+            .ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Tmpfs { .. }))
+            .map(|o| &o.dst)
+            .collect();
+        assert_eq!(tmpfs, [&c("/dev/shm")]);
+    }
+
+    #[test]
+    fn dev_and_proc_below_a_bind_get_filesystems_of_their_own() {
+        let mut b = RootBuilder::new();
+        b.add(&MountSpec::Bind {
+            src: AbsPath::new("/var/tmp").unwrap(),
+            dst: Some(AbsPath::new("/srv").unwrap()),
+            optional: false,
+            noexec: false,
+        })
+        .unwrap();
+        b.add(&MountSpec::Proc {
+            dst: AbsPath::new("/srv/proc").unwrap(),
+        })
+        .unwrap();
+        b.add(&MountSpec::Dev {
+            dst: AbsPath::new("/srv/dev").unwrap(),
+            pts: false,
+        })
+        .unwrap();
+        // Nothing is made in the host's directory but the mount points.
+        assert!(!b.ops.iter().any(|o| o.kind == OpKind::MaskSource));
+        let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+        assert!(ops_at(&b, "/srv/dev").contains(&(OpKind::Tmpfs { flags }, c("tmpfs"))));
+        assert!(!ops_at(&b, "/srv/dev")
+            .iter()
+            .any(|(k, _)| matches!(k, OpKind::Bind { .. })));
     }
 
     #[test]

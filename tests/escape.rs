@@ -1758,7 +1758,9 @@ fn escape_proc_mask_dirs_are_empty_and_refuse_writes() {
         std::fs::read_dir("/proc/pressure").is_ok_and(|mut r| r.next().is_some()),
         "the host's /proc/pressure lists nothing: the control cannot tell a mask"
     );
-    let mut body = String::from("for d in [");
+    let mut body = String::from(
+        "print('ROOT', os.stat('/').st_dev)\nprint('DEV', os.stat('/dev').st_dev)\nfor d in [",
+    );
     for d in &present {
         body.push_str(&format!("'{d}', "));
     }
@@ -1768,6 +1770,14 @@ fn escape_proc_mask_dirs_are_empty_and_refuse_writes() {
          op(d + ' CREATE', lambda: open(p + '/x', 'w'))\n",
     );
     let out = py_run(&body);
+    let root_dev = result_of(&out, "ROOT");
+    // The masks and /dev live on the root tmpfs: no superblock of their own (each one is
+    // walked by every memory cgroup's removal on the machine while the sandbox lives).
+    assert_eq!(
+        result_of(&out, "DEV"),
+        root_dev,
+        "/dev has a superblock of its own: {out}"
+    );
     let mut devs = std::collections::BTreeSet::new();
     for d in &present {
         let list = out
@@ -1786,6 +1796,118 @@ fn escape_proc_mask_dirs_are_empty_and_refuse_writes() {
         }
     }
     assert_eq!(devs.len(), 1, "the masks are not one tmpfs: {out}");
+    assert!(
+        devs.contains(&root_dev),
+        "the masks have a superblock of their own: {out}"
+    );
+}
+
+/// The filesystems a default sandbox makes for itself: the root tmpfs, `/tmp`, `/run`,
+/// `/proc` and `/dev/shm`, and no more (`/dev` and the `/proc` masks are mounts of the root
+/// tmpfs). Each superblock a live sandbox holds is two list_lrus that every memory cgroup's
+/// removal anywhere on the machine walks.
+#[test]
+fn a_default_sandbox_makes_five_filesystems() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    // Devices in a mountinfo: the third field, "major:minor".
+    let devs = |text: &str| -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if let (Some(d), Some(at)) = (f.get(2), f.get(4)) {
+                m.entry(d.to_string()).or_insert_with(|| at.to_string());
+            }
+        }
+        m
+    };
+    let host = devs(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let out = sh_run("cat /proc/self/mountinfo; echo END");
+    let inside = devs(&out);
+    let own: Vec<(&String, &String)> = inside
+        .iter()
+        .filter(|(d, _)| !host.contains_key(*d))
+        .collect();
+    let mounts: Vec<&str> = own.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(
+        mounts.len(),
+        5,
+        "filesystems made by the sandbox (device, first mount point): {own:?}\n{out}"
+    );
+    for m in ["/", "/tmp", "/run", "/proc", "/dev/shm"] {
+        assert!(
+            mounts.contains(&m),
+            "no filesystem of its own at {m}: {own:?}"
+        );
+    }
+}
+
+/// A `proc` and a `dev` placed below a bind of a host directory make nothing in it but
+/// their mount points: the masks' empty directory and the device nodes' files are made in
+/// a tmpfs of their own there, never in the host's directory.
+#[test]
+fn escape_proc_and_dev_below_a_host_bind_make_nothing_in_the_host_directory() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let host = dir.path().join("srv");
+    std::fs::create_dir(&host).unwrap();
+    // The sandbox's root is an unprivileged host uid: let it make the mount points.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "mount = [\n\
+             {{ type = \"ro-bind\", src = \"/usr\" }},\n\
+             {{ type = \"mirror\", path = \"/bin\", optional = true }},\n\
+             {{ type = \"mirror\", path = \"/lib\", optional = true }},\n\
+             {{ type = \"mirror\", path = \"/lib64\", optional = true }},\n\
+             {{ type = \"bind\", src = \"{}\", dst = \"/srv\" }},\n\
+             {{ type = \"proc\", dst = \"/srv/proc\" }},\n\
+             {{ type = \"dev\", dst = \"/srv/dev\" }},\n\
+             ]\n",
+            host.display()
+        ),
+    )
+    .unwrap();
+    let out = {
+        let script = "ls -a /srv/dev; echo x > /srv/dev/null && echo null-ok; \
+                      ls -A /srv/proc/pressure 2>/dev/null | wc -l; \
+                      mkdir /srv/proc/pressure/x 2>&1; echo END";
+        let o = checked(&[
+            "--profile",
+            profile.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
+        let out = stdout(&o);
+        assert!(out.contains("END"), "{out} {}", stderr(&o));
+        out
+    };
+    assert!(out.contains("null-ok"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let mut names: Vec<String> = std::fs::read_dir(&host)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["dev", "proc"],
+        "made in the host's directory: {names:?}"
+    );
+    for d in ["dev", "proc"] {
+        let n = std::fs::read_dir(host.join(d)).unwrap().count();
+        assert_eq!(n, 0, "{d} in the host's directory is not empty");
+    }
 }
 
 #[test]

@@ -54,9 +54,14 @@ pub(crate) enum OpKind {
     },
     /// `symlink(src, dst)`.
     Symlink,
-    /// An empty, read-only tmpfs over the directory `dst`, when it exists (a `/proc`
-    /// directory of host-wide data a kernel may not have). The first one mounts the tmpfs,
-    /// the others bind it: one superblock for all.
+    /// Keep a detached clone (`open_tree(OPEN_TREE_CLONE)`) of the empty directory `dst` of
+    /// the root tmpfs, which the next op (a `proc`) covers: the source of every
+    /// [`OpKind::MaskDir`] after it, reachable by no path.
+    MaskSource,
+    /// An empty, read-only directory over the directory `dst`, when it exists (a `/proc`
+    /// directory of host-wide data a kernel may not have): the first one is the clone kept
+    /// by [`OpKind::MaskSource`] (no superblock of its own) or, without one, a read-only
+    /// empty tmpfs; the others bind the first.
     MaskDir,
     /// Make the mount at `dst` (only that one, not below) read-only.
     ReadOnly,
@@ -141,9 +146,19 @@ unsafe fn set_attr(
     }
 }
 
-/// Runs one op. `mask` is the path of the first [`OpKind::MaskDir`] mounted so far (the
-/// later ones bind it).
-unsafe fn run_op(op: &MountOp, mask: &mut Option<*const libc::c_char>) -> Result<(), Errno> {
+/// What the mask ops share while the root is assembled.
+struct Masks {
+    /// The path of the first [`OpKind::MaskDir`] mounted so far (the later ones bind it).
+    first: Option<*const libc::c_char>,
+    /// The detached clone of [`OpKind::MaskSource`], or -1.
+    tree: libc::c_int,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Runs one op.
+unsafe fn run_op(op: &MountOp, mask: &mut Masks) -> Result<(), Errno> {
     // SAFETY: mkdir/open/mount/symlink with the op's CStrings (NUL-terminated, owned by the
     // plan; `mask` points into one of them).
     unsafe {
@@ -219,36 +234,82 @@ unsafe fn run_op(op: &MountOp, mask: &mut Option<*const libc::c_char>) -> Result
             ))
             .map(drop),
             OpKind::Symlink => check(libc::symlink(op.src.as_ptr(), op.dst.as_ptr())).map(drop),
+            OpKind::MaskSource => {
+                let fd = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    op.dst.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                );
+                if fd < 0 {
+                    return Err(Errno::last());
+                }
+                if mask.tree >= 0 {
+                    libc::close(mask.tree);
+                }
+                mask.tree = fd as libc::c_int;
+                Ok(())
+            }
             OpKind::MaskDir => {
-                let masked = match *mask {
-                    // One empty tmpfs for all the masks: each more superblock is one more
-                    // pair of list_lrus that every memory cgroup's removal, anywhere on the
-                    // machine, walks while this sandbox lives.
-                    Some(first) => libc::mount(
+                // No superblock of their own: each more superblock is one more pair of
+                // list_lrus that every memory cgroup's removal, anywhere on the machine,
+                // walks while this sandbox lives.
+                let ok = |r: libc::c_int| if r == -1 { Err(Errno::last()) } else { Ok(()) };
+                let first_tmpfs = mask.first.is_none() && mask.tree < 0;
+                let masked = match (mask.first, mask.tree) {
+                    (Some(first), _) => ok(libc::mount(
                         first,
                         op.dst.as_ptr(),
                         null,
                         libc::MS_BIND,
                         std::ptr::null(),
-                    ),
-                    None => libc::mount(
+                    )),
+                    (None, tree) if tree >= 0 => {
+                        // A clone of its own for this place: the kept one stays detached
+                        // for the next mask, should this kernel lack this directory.
+                        let one = libc::syscall(
+                            libc::SYS_open_tree,
+                            tree,
+                            c"".as_ptr(),
+                            OPEN_TREE_CLONE
+                                | libc::O_CLOEXEC as libc::c_uint
+                                | libc::AT_EMPTY_PATH as libc::c_uint,
+                        );
+                        if one < 0 {
+                            return Err(Errno::last());
+                        }
+                        let one = one as libc::c_int;
+                        let moved = ok(libc::syscall(
+                            libc::SYS_move_mount,
+                            one,
+                            c"".as_ptr(),
+                            libc::AT_FDCWD,
+                            op.dst.as_ptr(),
+                            MOVE_MOUNT_F_EMPTY_PATH,
+                        ) as libc::c_int);
+                        libc::close(one);
+                        moved
+                    }
+                    (None, _) => ok(libc::mount(
                         c"tmpfs".as_ptr(),
                         op.dst.as_ptr(),
                         c"tmpfs".as_ptr(),
                         libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                         c"size=0,mode=555".as_ptr().cast(),
-                    ),
+                    )),
                 };
-                if masked == -1 {
-                    let e = Errno::last();
-                    return if e == Errno::ENOENT { Ok(()) } else { Err(e) };
+                match masked {
+                    Err(Errno::ENOENT) => return Ok(()),
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
                 }
-                if mask.is_none() {
-                    *mask = Some(op.dst.as_ptr());
+                if mask.first.is_none() {
+                    mask.first = Some(op.dst.as_ptr());
+                }
+                if first_tmpfs {
                     return Ok(());
                 }
-                // The bind's own mount flags, set as on the first (its superblock is
-                // read-only already).
+                // The mount's own flags (a tmpfs of its own is read-only already).
                 set_attr(
                     op.dst.as_ptr(),
                     0,
@@ -294,11 +355,17 @@ pub(crate) unsafe fn setup_root(plan: &Plan, err_w: libc::c_int) {
         {
             fail_at(err_w, Step::PivotRoot, 0, e)
         }
-        let mut mask = None;
+        let mut mask = Masks {
+            first: None,
+            tree: -1,
+        };
         for op in &plan.root_ops {
             if let Err(e) = run_op(op, &mut mask) {
                 fail_at(err_w, Step::Mount, op.entry, e)
             }
+        }
+        if mask.tree >= 0 {
+            libc::close(mask.tree);
         }
         if let Err(e) = check(libc::umount2(c.old_root.as_ptr(), libc::MNT_DETACH))
             .and_then(|_| check(libc::rmdir(c.old_root.as_ptr())))
