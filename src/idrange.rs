@@ -40,6 +40,13 @@ struct Claim {
     owner_start: u64,
 }
 
+/// What every claim owned by process `pid` (started at `start`, in clock ticks after boot)
+/// holds: how the reaper of a host that died finds the claims it made but could not
+/// register (see `src/init/sandbox-init.c`).
+pub(crate) fn owner_needle(pid: i32, start: u64) -> String {
+    format!("\"owner_pid\":{pid},\"owner_start\":{start}}}")
+}
+
 impl Claim {
     fn owner_alive(&self) -> bool {
         crate::cgroup::start_time(self.owner_pid) == Some(self.owner_start)
@@ -270,6 +277,20 @@ fn random_slot() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_holds_its_owners_needle_and_no_other() {
+        let claim = Claim {
+            id: "sbx-0123".into(),
+            owner_pid: 4242,
+            owner_start: 987654,
+        };
+        let text = String::from_utf8(serde_json::to_vec(&claim).unwrap()).unwrap();
+        assert!(text.contains(&owner_needle(4242, 987654)), "{text}");
+        // Neither another process nor the same pid reused later matches.
+        assert!(!text.contains(&owner_needle(424, 987654)), "{text}");
+        assert!(!text.contains(&owner_needle(4242, 98765)), "{text}");
+    }
 
     #[test]
     fn blocks_stay_in_the_range_and_never_reach_root_or_the_top_bit() {

@@ -31,7 +31,18 @@ fn socket() -> Option<&'static OwnedFd> {
         )
         .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error()))
         .and_then(|(ours, theirs)| {
-            crate::child::exe::start_reaper(theirs.as_raw_fd())?;
+            // What this process's id claims hold, and where they are: should it die
+            // between a claim and its registration, the reaper still finds the claim.
+            let me = std::process::id() as i32;
+            let owner = crate::cgroup::start_time(me).and_then(|start| {
+                let needle = std::ffi::CString::new(crate::idrange::owner_needle(me, start));
+                let dir = crate::idrange::claims_dir()
+                    .into_os_string()
+                    .into_encoded_bytes();
+                Some((needle.ok()?, std::ffi::CString::new(dir).ok()?))
+            });
+            let owner = owner.as_ref().map(|(n, d)| (n.as_c_str(), d.as_c_str()));
+            crate::child::exe::start_reaper(theirs.as_raw_fd(), owner)?;
             Ok(ours)
         });
         match started {

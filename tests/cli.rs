@@ -437,6 +437,77 @@ fn sigkill_of_sandbox_run_early_in_its_start_leaves_nothing() {
 }
 
 #[test]
+fn a_claim_made_just_before_a_sigkill_is_removed_by_the_reaper() {
+    // sandbox-run claims its id block before it can register the claim with its reaper; a
+    // SIGKILL in between used to leave the claim for good (seen under load). The reaper now
+    // also removes, at its host's death, every claim that holds its host's pid and start
+    // time and that no record registers. Staged here: a claim written as the host would
+    // have made it, then the SIGKILL. A claim of the same pid with another start time (a
+    // reused pid, another process) stays.
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let mut c = Command::new(bin())
+        .args(["--stdin", "null", "--", "/bin/sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id() as i32;
+    // Started far enough that its reaper runs: its own claim and records exist.
+    let t = Instant::now();
+    while owned_by(&[pid]).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "sandbox-run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start = sandbox_runner::cgroup::start_time(pid).expect("sandbox-run is running");
+    let dir = sandbox_runner::idrange::claims_dir();
+    // Removed whatever happens (should the reaper not).
+    struct Staged(Vec<std::path::PathBuf>);
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut made = Staged(Vec::new());
+    for (id, owner_start) in [
+        ("sbx-staged-unregistered", start),
+        ("sbx-staged-other", start + 1),
+    ] {
+        let path = (0..sandbox_runner::idrange::SLOTS)
+            .rev()
+            .map(|n| dir.join(n.to_string()))
+            .find(|p| !p.exists())
+            .expect("a free slot");
+        let text = format!("{{\"id\":\"{id}\",\"owner_pid\":{pid},\"owner_start\":{owner_start}}}");
+        std::fs::write(&path, text).unwrap();
+        made.0.push(path);
+    }
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let t = Instant::now();
+    while made.0[0].exists() || !owned_by(&[pid]).iter().all(|p| *p == made.0[1]) {
+        assert!(
+            t.elapsed() < Duration::from_millis(2500),
+            "left 2.5 s after the SIGKILL: {:?}",
+            owned_by(&[pid])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        made.0[1].exists(),
+        "the reaper removed a claim of another process"
+    );
+}
+
+#[test]
 fn bad_input_is_a_clear_error_and_starts_nothing() {
     let _g = serial();
     if !privileged() {

@@ -2,6 +2,7 @@
 //! and the start of its reaper mode (one per host process).
 
 use nix::errno::Errno;
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 
@@ -12,7 +13,7 @@ use super::fds::close_all_but;
 struct ReaperCtx {
     exe: RawFd,
     sock: RawFd,
-    argv: [*const libc::c_char; 3],
+    argv: [*const libc::c_char; 5],
     envp: [*const libc::c_char; 1],
 }
 
@@ -50,17 +51,25 @@ unsafe extern "C" fn reaper_entry(arg: *const u8) -> ! {
 /// with `sock` as its end of the host's socket: `posix_spawn` semantics (`CLONE_VM |
 /// CLONE_VFORK`: no copy of this process, the calling thread waits until the exec), then it
 /// leaves this process (its first process exits, reaped here) so it is never the host's
-/// child. Returns once the reaper runs.
-pub(crate) fn start_reaper(sock: RawFd) -> Result<(), Errno> {
+/// child. Returns once the reaper runs. `owner` is what this process's id claims hold and
+/// the directory they are in, for the reaper to find a claim this process could not
+/// register before it died.
+pub(crate) fn start_reaper(sock: RawFd, owner: Option<(&CStr, &CStr)>) -> Result<(), Errno> {
     let exe = init_exe()?;
     let stacks = Stacks::new()?;
     let mut buf = [0u8; 24];
+    let (owner_arg, claims_arg) = match owner {
+        Some((o, c)) => (o.as_ptr(), c.as_ptr()),
+        None => (std::ptr::null(), std::ptr::null()),
+    };
     let ctx = ReaperCtx {
         exe,
         sock,
         argv: [
             c"sandbox-reaper".as_ptr(),
             super::init::decimal(sock as u64, &mut buf),
+            owner_arg,
+            claims_arg,
             std::ptr::null(),
         ],
         envp: [std::ptr::null()],

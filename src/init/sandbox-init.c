@@ -9,7 +9,7 @@
  * Freestanding (no libc): raw system calls only, no allocation, no globals written.
  *
  *   argv: sandbox-init PLUGIN_PID STATUS_FD GO_FD FORWARD_MASK
- *   argv: sandbox-reaper SOCKET_FD            (the reaper mode, see reap() below)
+ *   argv: sandbox-reaper SOCKET_FD [OWNER CLAIMS_DIR]   (the reaper mode, see reap() below)
  *
  * 1. makes itself non-dumpable, so nothing in the sandbox can ptrace it or read its memory;
  * 2. blocks every signal (32 and 33 included) and resets every action to its default;
@@ -152,7 +152,9 @@ static long number(const char *s)
  * left in its cgroups (cgroup.kill, v2), removes them (retrying while busy, 2 s in all),
  * tries their shared "sandbox-runner" parent, removes the directory trees (bounded depth),
  * and deletes the owner records last, only when every cgroup is gone (otherwise a later
- * start or `check --cleanup` still finds them). Then it exits. Every path is absolute and
+ * start or `check --cleanup` still finds them). Last, given OWNER and CLAIMS_DIR, it removes
+ * the host's id claims that no record names: a host claims its id block before it can
+ * register it, and may die in between. Then it exits. Every path is absolute and
  * was chosen by the host; nothing the sandbox wrote is followed (O_NOFOLLOW, no symlinks).
  */
 
@@ -336,7 +338,73 @@ static void cleanup_one(const char *rec, unsigned long n, int cgroups_gone)
 	}
 }
 
-static __attribute__((noreturn)) void reap(long sock)
+/* Whether the n bytes at hay hold needle. */
+static int holds(const char *hay, unsigned long n, const char *needle)
+{
+	unsigned long k = len_of(needle), i, j;
+	if (k == 0 || k > n)
+		return 0;
+	for (i = 0; i + k <= n; i++) {
+		for (j = 0; j < k && hay[i + j] == needle[j]; j++)
+			;
+		if (j == k)
+			return 1;
+	}
+	return 0;
+}
+
+/* Whether some record registers path as an 'r' item (its removal is cleanup_one's call). */
+static int registered(const char *path)
+{
+	unsigned long off, pos;
+	for (off = 0; off < used;) {
+		unsigned int n = *(unsigned int *)(arena + off);
+		const char *rec = arena + off + 4;
+		for (pos = len_of(rec) + 1; pos < n; pos += len_of(rec + pos) + 1)
+			if (rec[pos] == 'r' && same(rec + pos + 1, path))
+				return 1;
+		off += 4 + n;
+	}
+	return 0;
+}
+
+/* Removes the id claims in dir (files named by digits only) whose text holds owner, the
+ * host's `"owner_pid":P,"owner_start":S}`, and that no record registers: a block the host
+ * claimed and died before it could register (the claim comes first, so no cgroup or
+ * process of that sandbox existed yet). Registered claims follow their cgroups. */
+static void sweep_claims(const char *dir, const char *owner)
+{
+	char buf[2048], text[1024], path[4096];
+	long fd = sys(NR_openat, AT_FDCWD, (long)dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+	long n, pos;
+	if (fd < 0)
+		return;
+	while ((n = sys(NR_getdents64, fd, (long)buf, sizeof(buf), 0)) > 0) {
+		for (pos = 0; pos < n;) {
+			unsigned short reclen = *(unsigned short *)(buf + pos + 16);
+			const char *d = buf + pos + 19;
+			const char *c = d;
+			pos += reclen;
+			while (*c >= '0' && *c <= '9')
+				c++;
+			if (c == d || *c)
+				continue;
+			long f = sys(NR_openat, fd, (long)d, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+			if (f < 0)
+				continue;
+			long got = sys(NR_read, f, (long)text, sizeof(text), 0);
+			sys(NR_close, f, 0, 0, 0);
+			if (got <= 0 || !holds(text, (unsigned long)got, owner))
+				continue;
+			if (!join(path, sizeof(path), dir, d) || registered(path))
+				continue;
+			sys(NR_unlinkat, fd, (long)d, 0, 0);
+		}
+	}
+	sys(NR_close, fd, 0, 0, 0);
+}
+
+static __attribute__((noreturn)) void reap(long sock, const char *owner, const char *claims)
 {
 	static char msg[65536];
 	unsigned long all = ~0UL;
@@ -383,6 +451,8 @@ static __attribute__((noreturn)) void reap(long sock)
 		cleanup_one(arena + off + 4, n, remove_cgroups(arena + off + 4, n, 0));
 		off += 4 + n;
 	}
+	if (owner && claims)
+		sweep_claims(claims, owner);
 	die(0);
 }
 
@@ -390,11 +460,11 @@ __attribute__((noreturn, used)) void start_c(long *sp)
 {
 	long argc = sp[0];
 	char **argv = (char **)(sp + 1);
-	if (argc == 2) {
+	if (argc == 2 || argc == 4) {
 		long sock = number(argv[1]);
 		if (sock < 0)
 			die(125);
-		reap(sock);
+		reap(sock, argc == 4 ? argv[2] : 0, argc == 4 ? argv[3] : 0);
 	}
 	unsigned long all = ~0UL;
 	struct ksigaction dfl = { 0, 0, 0, 0 };
