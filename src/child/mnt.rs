@@ -265,29 +265,21 @@ unsafe fn run_op(op: &MountOp, mask: &mut Masks) -> Result<(), Errno> {
                         std::ptr::null(),
                     )),
                     (None, tree) if tree >= 0 => {
-                        // A clone of its own for this place: the kept one stays detached
-                        // for the next mask, should this kernel lack this directory.
-                        let one = libc::syscall(
-                            libc::SYS_open_tree,
-                            tree,
-                            c"".as_ptr(),
-                            OPEN_TREE_CLONE
-                                | libc::O_CLOEXEC as libc::c_uint
-                                | libc::AT_EMPTY_PATH as libc::c_uint,
-                        );
-                        if one < 0 {
-                            return Err(Errno::last());
-                        }
-                        let one = one as libc::c_int;
+                        // The kept clone itself goes here; should this kernel lack this
+                        // directory, it stays detached for the next mask.
                         let moved = ok(libc::syscall(
                             libc::SYS_move_mount,
-                            one,
+                            tree,
                             c"".as_ptr(),
                             libc::AT_FDCWD,
                             op.dst.as_ptr(),
                             MOVE_MOUNT_F_EMPTY_PATH,
                         ) as libc::c_int);
-                        libc::close(one);
+                        if moved.is_ok() {
+                            // Attached now: closing the fd leaves it mounted.
+                            libc::close(tree);
+                            mask.tree = -1;
+                        }
                         moved
                     }
                     (None, _) => ok(libc::mount(
