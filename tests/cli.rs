@@ -368,6 +368,17 @@ fn sigkill_of_sandbox_run_kills_the_whole_sandbox_within_1s() {
     );
 }
 
+/// `sandbox-run` running `/bin/sleep 1000`, its stdio on `/dev/null`.
+fn sleeping_sandbox_run() -> std::process::Child {
+    Command::new(bin())
+        .args(["--stdin", "null", "--", "/bin/sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The owner records and id claims that name one of `pids` as their owner.
 fn owned_by(pids: &[i32]) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -409,13 +420,7 @@ fn sigkill_of_sandbox_run_early_in_its_start_leaves_nothing() {
         for us in [
             0u64, 300, 700, 1000, 1500, 2000, 3000, 4000, 6000, 9000, 14000,
         ] {
-            let mut c = Command::new(bin())
-                .args(["--stdin", "null", "--", "/bin/sleep", "1000"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut c = sleeping_sandbox_run();
             pids.push(c.id() as i32);
             std::thread::sleep(Duration::from_micros(us + round * 150));
             c.kill().unwrap();
@@ -448,13 +453,7 @@ fn a_claim_made_just_before_a_sigkill_is_removed_by_the_reaper() {
     if !privileged() {
         return;
     }
-    let mut c = Command::new(bin())
-        .args(["--stdin", "null", "--", "/bin/sleep", "1000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut c = sleeping_sandbox_run();
     let pid = c.id() as i32;
     // Started far enough that its reaper runs: its own claim and records exist.
     let t = Instant::now();
