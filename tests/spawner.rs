@@ -1051,3 +1051,80 @@ async fn network_namespaces_made_ahead_serve_one_sandbox_each() {
     }
     before.assert_unchanged();
 }
+
+/// `FDSize` (the size of a process's fd table) from a `/proc/<pid>/status` text.
+fn fd_size(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no FDSize in {status:?}"))
+}
+
+/// A host that holds thousands of fds gives its sandbox's init none of them, not even for
+/// a moment: the init is cloned sharing the host's fd table and its first step copies only
+/// the spawner's few low fds into a table of its own, so its table is small (with a copy of
+/// the host's whole table, as before, PID 1 kept a table of the host's size for its whole
+/// life, and every start copied and closed every fd of the host). The plugin still gets its
+/// stdio and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_thousands_of_fds_gives_its_sandboxes_none_of_them() {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let before = HostState::take();
+    // Start the spawner (and reserve its slots) with the host's table still small.
+    tokio::task::spawn_blocking(SandboxRunner::prewarm)
+        .await
+        .unwrap();
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let want = 6000;
+    assert!(hard >= want, "RLIMIT_NOFILE hard limit {hard} < {want}");
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        soft.max(want),
+        hard,
+    )
+    .unwrap();
+    let held: Vec<_> = (0..1500).map(|_| nix::unistd::pipe().unwrap()).collect();
+    let host = fd_size(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert!(host >= 4096, "the host's table is small: FDSize {host}");
+    let mut r = SandboxRunner::new(
+        Profile::builtin("default").unwrap(),
+        "/bin/sh",
+        [
+            "-c",
+            "grep FDSize /proc/1/status /proc/self/status; ls /proc/self/fd | tr '\\n' ' '",
+        ],
+    )
+    .unwrap();
+    r.start().await.unwrap();
+    let mut out = String::new();
+    r.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    let status = r.wait().await.unwrap();
+    drop(held);
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    let size = |who: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(who))
+            .map(fd_size)
+            .unwrap_or_else(|| panic!("no {who} in {out:?}"))
+    };
+    let init = size("/proc/1/status:");
+    let plugin = size("/proc/self/status:");
+    assert!(
+        init <= 256,
+        "PID 1 has an fd table of {init} entries (the host's: {host}): {out}"
+    );
+    assert!(
+        plugin <= 256,
+        "the plugin's fd table has {plugin} entries: {out}"
+    );
+    // 0, 1, 2 and the directory ls reads.
+    let fds = out.lines().last().unwrap_or_default();
+    assert_eq!(fds.trim(), "0 1 2 3", "{out}");
+    before.assert_unchanged();
+}

@@ -49,6 +49,97 @@ pub(crate) struct ChildFds {
     /// Set by the spawner: the init was cloned into a network namespace made ahead
     /// (`netpool`), whose `lo` is up already and which the sandbox's root may not configure.
     pub net_ready: bool,
+    /// Set by the spawner: 0 when the init is cloned with a copy of the host's whole fd table;
+    /// otherwise it shares the table (`CLONE_FILES`) and its first step takes a table of its
+    /// own holding only the fds below `cut` (`close_range(cut, ~0, CLOSE_RANGE_UNSHARE)`), so
+    /// that a start costs the same however many fds the host holds (see `spawner::Slots`).
+    pub cut: u32,
+    /// Set by the spawner with `cut`: the profile's `pass_fds` at or above `cut`, parked in
+    /// slots below it and put back at their own numbers right after the unshare (the other
+    /// parked fds are used at their slots' numbers: the fields above name those).
+    pub moves: MoveList,
+}
+
+/// One parked fd: the slot it waits in (below the cut), its own number, and whether it is
+/// `CLOEXEC` there (slots always are, so that no host-spawned program inherits one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Move {
+    /// The slot (a number below the cut).
+    pub slot: RawFd,
+    /// The fd's own number (at or above the cut).
+    pub fd: RawFd,
+    /// `FD_CLOEXEC` as the host had it on `fd`.
+    pub cloexec: bool,
+}
+
+/// Capacity of [`MoveList`], and the number of the spawner's slots: at most this many fds
+/// are parked per start (more, and the init gets a copy of the whole table instead).
+pub(crate) const MOVE_MAX: usize = 16;
+
+/// A fixed-capacity list of [`Move`]s, built on the spawner thread and read in the child.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MoveList {
+    moves: [Move; MOVE_MAX],
+    len: usize,
+}
+
+impl MoveList {
+    /// The list of `moves` (at most [`MOVE_MAX`]; `None` if more).
+    pub fn new(moves: &[Move]) -> Option<Self> {
+        let mut out = MoveList::default();
+        out.moves.get_mut(..moves.len())?.copy_from_slice(moves);
+        out.len = moves.len();
+        Some(out)
+    }
+
+    /// The moves. Async-signal-safe (`get` cannot panic).
+    pub fn as_slice(&self) -> &[Move] {
+        self.moves.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// Takes a table of the child's own when it was cloned sharing the spawner's
+/// (`fds.cut > 0`): only the fds below the cut are copied; then puts the parked pass fds
+/// back at their numbers. Returns the index of the failing move (0 for the unshare) with its
+/// errno. `unshared` is raised (and woken) once the table is the child's own, before the
+/// moves: from then on the spawner may reuse its slots.
+///
+/// # Safety
+/// Child-side only, first thing after the clone; async-signal-safe.
+pub(crate) unsafe fn own_table(
+    fds: &ChildFds,
+    unshared: &std::sync::atomic::AtomicU32,
+) -> Result<(), (u32, Errno)> {
+    if fds.cut == 0 {
+        return Ok(());
+    }
+    // SAFETY: raw system calls with integer arguments; the futex word lives in the spawner's
+    // ChildCtx, alive until this process execs.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_close_range,
+            fds.cut,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        );
+        if r == -1 {
+            return Err((0, Errno::last()));
+        }
+        unshared.store(1, std::sync::atomic::Ordering::Release);
+        libc::syscall(
+            libc::SYS_futex,
+            unshared.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+        for (i, m) in fds.moves.as_slice().iter().enumerate() {
+            let flags = if m.cloexec { libc::O_CLOEXEC } else { 0 };
+            if libc::dup3(m.slot, m.fd, flags) == -1 {
+                return Err((i as u32 + 1, Errno::last()));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ChildFds {

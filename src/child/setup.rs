@@ -158,6 +158,11 @@ pub(crate) unsafe fn child_main(ctx: &ChildCtx) -> ! {
         let plan = &*ctx.plan;
         let fds = &ctx.fds;
         let e = fds.err_w;
+        // A table of our own first, while the spawner waits to reuse its slots: until then
+        // this child shares the host's, and touches no fd of it but the error pipe's.
+        if let Err((i, err)) = super::fds::own_table(fds, &ctx.unshared) {
+            fail_at(e, Step::FdTable, i, err)
+        }
         // Die with the spawner thread (unless detached). A host that died before this prctl
         // sends no signal: the parent check right below closes that race.
         if !plan.detach {

@@ -4,12 +4,14 @@
 
 use libc::c_int;
 use nix::errno::Errno;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::clone::{clone3_vm, CloneArgs, Stacks, CLONE_INTO_CGROUP};
-use super::fds::ChildFds;
+use super::fds::{ChildFds, FdList, Move, MoveList, MOVE_MAX};
 use super::plan::Plan;
 
 /// What the init's entry point receives: the plan and the fds, in the spawner's memory.
@@ -18,6 +20,8 @@ pub(crate) struct ChildCtx {
     pub plan: *const Plan,
     /// The fds and stacks.
     pub fds: ChildFds,
+    /// Raised (and futex-woken) by the child once its fd table is its own (`fds.cut > 0`).
+    pub unshared: AtomicU32,
 }
 
 /// The init's entry point on its own stack.
@@ -54,8 +58,18 @@ unsafe fn clone_init(
     let plan = unsafe { &*ctx.plan };
     let mut pidfd: c_int = -1;
     let (stack, stack_size) = stacks.stack(0);
+    // With a cut, the child shares this table until its first step copies the fds below
+    // the cut into a table of its own (see Slots).
+    let files = if ctx.fds.cut > 0 {
+        libc::CLONE_FILES as u64
+    } else {
+        0
+    };
     let mut args = CloneArgs {
-        flags: (plan.clone_flags & !drop_flags) | libc::CLONE_PIDFD as u64 | libc::CLONE_VM as u64,
+        flags: (plan.clone_flags & !drop_flags)
+            | libc::CLONE_PIDFD as u64
+            | libc::CLONE_VM as u64
+            | files,
         pidfd: (&mut pidfd as *mut c_int) as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: stack as u64,
@@ -80,6 +94,200 @@ unsafe fn clone_init(
     // No clone3 (before Linux 5.3) means no CLONE_INTO_CGROUP and no pidfd at birth either:
     // refuse rather than start a child outside its cgroup or copy the host's memory.
     Err(Errno::from_raw(-r as i32))
+}
+
+/// How many fd slots the spawner keeps (see [`Slots`]).
+const SLOTS: usize = MOVE_MAX;
+
+/// Fd numbers the spawner holds low in the host's table, where it parks the fds a new init
+/// needs, so that the init can be cloned sharing the host's table (`CLONE_FILES`) and copy
+/// only the fds below the cut into a table of its own (`close_range(cut, ~0,
+/// CLOSE_RANGE_UNSHARE)`, Linux 5.9) rather than every fd of the host.
+///
+/// Why: a copied table takes a reference on every open file of the host, and the child's
+/// `close_range` drops them all again. Each sandbox alive holds three fds in its host (the
+/// init's pidfd, the status pipe, the OOM eventfd), so with 500 alive a start copied and
+/// closed 1,500 files: 0.5 ms of the start, the largest of the runner's own costs that grew
+/// with the number alive. Sharing, a start copies the same few fds with none or thousands
+/// alive.
+///
+/// Each slot is a `CLOEXEC` dup of one placeholder (the read end of a pipe nobody writes),
+/// reserved when the spawner thread starts; a slot holds a parked fd (`CLOEXEC` as well, so
+/// no program the host spawns meanwhile inherits it) only from just before a clone until the
+/// child has its own table. A slot that no longer holds the placeholder (the host closed or
+/// replaced a number it does not own) is never written to: that start copies the whole
+/// table, as do starts that need more fds than there are slots.
+struct Slots {
+    placeholder: OwnedFd,
+    /// `st_dev` and `st_ino` of the placeholder.
+    id: (u64, u64),
+    /// The slot numbers, ascending.
+    fds: Vec<RawFd>,
+    /// One past the highest slot: the child keeps the fds below.
+    cut: u32,
+}
+
+impl Slots {
+    /// Reserves the slots: the lowest free numbers of the host's table from 3 up. `None` if
+    /// a pipe or a dup fails (every start then copies the whole table).
+    fn reserve() -> Option<Slots> {
+        let (placeholder, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+        drop(w);
+        let st = rustix::fs::fstat(&placeholder).ok()?;
+        let mut fds = Vec::with_capacity(SLOTS);
+        for _ in 0..SLOTS {
+            match rustix::io::fcntl_dupfd_cloexec(&placeholder, 3) {
+                Ok(fd) => fds.push(fd.into_raw_fd()),
+                Err(_) => {
+                    for fd in fds {
+                        // SAFETY: a dup made just above, owned by nothing else.
+                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                    return None;
+                }
+            }
+        }
+        fds.sort_unstable();
+        let cut = (*fds.last()? as u32).checked_add(1)?;
+        Some(Slots {
+            placeholder,
+            id: (st.st_dev as u64, st.st_ino as u64),
+            fds,
+            cut,
+        })
+    }
+
+    /// Whether `slot` still holds the placeholder.
+    #[allow(clippy::unnecessary_cast)] // `st_dev` and `st_ino` are not u64 on every target
+    fn holds_placeholder(&self, slot: RawFd) -> bool {
+        // SAFETY: only fstat'ed; a slot number is ours as long as it holds the placeholder.
+        let fd = unsafe { BorrowedFd::borrow_raw(slot) };
+        matches!(rustix::fs::fstat(fd), Ok(st) if (st.st_dev as u64, st.st_ino as u64) == self.id)
+    }
+
+    /// Parks every fd of `fds` at or above the cut in a slot, and sets `fds.cut`. The child
+    /// then uses a parked fd at its slot's number (its fields and keep lists are renamed),
+    /// except the profile's `pass_fds` (`pass`), which the plugin expects at their own
+    /// numbers: those are put back there by the child (`fds.moves`). So the child's table
+    /// stays as small as the host's lowest fds, whatever numbers the host's fds have.
+    /// Returns the slots used; `None` leaves `fds` as it was (the whole table is copied).
+    /// Runs before the clone, when no child uses this thread's `errno`.
+    fn park(&self, fds: &mut ChildFds, pass: &[RawFd]) -> Option<Vec<RawFd>> {
+        let mut needed = vec![fds.err_w, fds.stdin, fds.stdout, fds.stderr];
+        needed.extend_from_slice(fds.init_keep());
+        needed.extend_from_slice(fds.plugin_keep());
+        let mut parked: Vec<Move> = Vec::with_capacity(SLOTS);
+        let mut free = self.fds.iter();
+        for fd in needed {
+            if fd < 0 || (fd as u32) < self.cut || parked.iter().any(|m| m.fd == fd) {
+                continue;
+            }
+            let one = free
+                .next()
+                .filter(|s| self.holds_placeholder(**s))
+                .and_then(|&slot| {
+                    // SAFETY: `fd` is open in this process (the host keeps the child's fds open
+                    // until the clone is done); the slot is ours.
+                    let (src, mut dst) = unsafe {
+                        (
+                            BorrowedFd::borrow_raw(fd),
+                            ManuallyDrop::new(OwnedFd::from_raw_fd(slot)),
+                        )
+                    };
+                    let cloexec = rustix::io::fcntl_getfd(src)
+                        .ok()?
+                        .contains(rustix::io::FdFlags::CLOEXEC);
+                    rustix::io::dup3(src, &mut dst, rustix::io::DupFlags::CLOEXEC).ok()?;
+                    Some(Move { slot, fd, cloexec })
+                });
+            match one {
+                Some(m) => parked.push(m),
+                None => {
+                    self.release(&parked.iter().map(|m| m.slot).collect::<Vec<_>>());
+                    return None;
+                }
+            }
+        }
+        let slot_of = |fd: RawFd| parked.iter().find(|m| m.fd == fd).map_or(fd, |m| m.slot);
+        let moves: Vec<Move> = parked
+            .iter()
+            .filter(|m| pass.contains(&m.fd))
+            .copied()
+            .collect();
+        let rename = |list: &[RawFd]| {
+            let renamed: Vec<RawFd> = list
+                .iter()
+                .map(|&fd| if pass.contains(&fd) { fd } else { slot_of(fd) })
+                .collect();
+            FdList::new(&renamed)
+        };
+        let Some(moves) = MoveList::new(&moves) else {
+            self.release(&parked.iter().map(|m| m.slot).collect::<Vec<_>>());
+            return None;
+        };
+        fds.init_keep = rename(fds.init_keep());
+        fds.plugin_keep = rename(fds.plugin_keep());
+        for fd in [
+            &mut fds.stdin,
+            &mut fds.stdout,
+            &mut fds.stderr,
+            &mut fds.err_w,
+            &mut fds.status_w,
+            &mut fds.sync_r,
+            &mut fds.init_exe,
+            &mut fds.go_r,
+            &mut fds.go_w,
+            &mut fds.broker,
+        ] {
+            if *fd >= 0 {
+                *fd = slot_of(*fd);
+            }
+        }
+        fds.cut = self.cut;
+        fds.moves = moves;
+        Some(parked.iter().map(|m| m.slot).collect())
+    }
+
+    /// Puts the placeholder back in `used`, dropping the host's extra references to the
+    /// parked files. Raw system calls that leave `errno` alone (a child may run on this
+    /// thread's thread-local storage).
+    fn release(&self, used: &[RawFd]) {
+        for &slot in used {
+            // SAFETY: the slot is ours; ManuallyDrop keeps it open.
+            let mut dst = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(slot) });
+            let _ = rustix::io::dup3(&self.placeholder, &mut dst, rustix::io::DupFlags::CLOEXEC);
+        }
+    }
+}
+
+/// Waits until a child cloned sharing this thread's fd table has a table of its own (or has
+/// died without one). Raw system calls only: the child runs on this thread's `errno`.
+fn wait_unshared(flag: &AtomicU32, pidfd: &OwnedFd) {
+    let tick = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: 2_000_000,
+    };
+    while flag.load(Ordering::Acquire) == 0 {
+        let _ = rustix::thread::futex::wait(
+            flag,
+            rustix::thread::futex::Flags::PRIVATE,
+            0,
+            Some(&tick),
+        );
+        if flag.load(Ordering::Acquire) != 0 {
+            break;
+        }
+        // Killed (or failed) before its first step: it holds no table any more.
+        let gone = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED
+                | rustix::process::WaitIdOptions::NOHANG
+                | rustix::process::WaitIdOptions::NOWAIT,
+        );
+        if matches!(gone, Ok(Some(_)) | Err(_)) {
+            break;
+        }
+    }
 }
 
 /// Where the spawner makes a sandbox's init be born.
@@ -232,7 +440,7 @@ struct HostNet(Option<OwnedFd>);
 struct Stuck;
 
 /// Runs one job on the spawner thread; [`Stuck`] ends the thread.
-fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
+fn run_job(job: Job, host_net: &HostNet, slots: Option<&Slots>) -> Result<(), Stuck> {
     let Job {
         plan,
         mut fds,
@@ -270,9 +478,11 @@ fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
     let drop_flags = if entered.is_some() { newnet } else { 0 };
     fds.net_ready = entered.is_some();
     (fds.plugin_stack, fds.plugin_stack_size) = stacks.stack(1);
+    let parked = slots.and_then(|s| s.park(&mut fds, plan.pass_fds()));
     let ctx = ChildCtx {
         plan: Arc::as_ptr(&plan),
         fds,
+        unshared: AtomicU32::new(0),
     };
     let mut restored = Ok(());
     // Clones as the sandbox's owner, when it has one, and takes the thread's own ids back
@@ -318,6 +528,14 @@ fn run_job(job: Job, host_net: &HostNet) -> Result<(), Stuck> {
             libc::write(fds.sync_w, [1u8].as_ptr().cast(), 1);
         }
         libc::write(early_w.as_raw_fd(), pid.to_ne_bytes().as_ptr().cast(), 4);
+    }
+    // The child shares this table until its first step: the fds it needs stay open (and
+    // the slots keep them) until it has its own.
+    if let (Some(slots), Some(used)) = (slots, parked.as_ref()) {
+        if let Ok(spawned) = res.as_ref() {
+            wait_unshared(&ctx.unshared, &spawned.pidfd);
+        }
+        slots.release(used);
     }
     for fd in child_side.drain(..) {
         drop(fd);
@@ -382,11 +600,12 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
                     libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
                 }
                 let host_net = HostNet(super::netpool::own_netns().ok());
+                let slots = Slots::reserve();
                 // The Sender lives in a static, so this loop never ends and the thread
                 // never exits while the process runs, unless it is stuck in a sandbox's
                 // network namespace: then every later start fails (its job is refused).
                 while let Ok(job) = rx.recv() {
-                    if run_job(job, &host_net).is_err() {
+                    if run_job(job, &host_net, slots.as_ref()).is_err() {
                         break;
                     }
                 }
@@ -506,4 +725,129 @@ pub(crate) fn spawn(
         })
         .map_err(|_| SpawnError::Clone(Errno::ECHILD))?;
     Ok(Sent { early, rx })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::child::fds::FdList;
+
+    fn child_fds(err_w: RawFd, keep: &[RawFd]) -> ChildFds {
+        ChildFds {
+            stdin: -1,
+            stdout: err_w,
+            stderr: err_w,
+            err_w,
+            status_w: err_w,
+            sync_r: err_w,
+            sync_w: err_w,
+            init_keep: FdList::new(keep),
+            plugin_keep: FdList::new(&[err_w]),
+            host_pid: -1,
+            init_exe: err_w,
+            go_r: err_w,
+            go_w: err_w,
+            plugin_stack: 0,
+            plugin_stack_size: 0,
+            ctty: -1,
+            broker: -1,
+            net_ready: false,
+            cut: 0,
+            moves: MoveList::default(),
+        }
+    }
+
+    fn same_file(a: RawFd, b: RawFd) -> bool {
+        // SAFETY: fstat of fds this test holds open.
+        let (a, b) = unsafe { (BorrowedFd::borrow_raw(a), BorrowedFd::borrow_raw(b)) };
+        let (a, b) = (rustix::fs::fstat(a).unwrap(), rustix::fs::fstat(b).unwrap());
+        (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    }
+
+    /// Fds at or above the cut go to slots, fds below it stay where they are; the child is
+    /// told to use the slots, except for a pass fd, which it puts back at its own number
+    /// (`CLOEXEC` as the host had it); a release puts the placeholder back.
+    #[test]
+    fn park_moves_only_fds_above_the_cut_and_release_empties_the_slots() {
+        let slots = Slots::reserve().expect("slots");
+        assert_eq!(slots.fds.len(), SLOTS);
+        assert!(slots.fds.iter().all(|&s| s >= 3 && (s as u32) < slots.cut));
+        // Made after the slots, so above the cut (the slots took the lowest free numbers, and
+        // any lower fd made meanwhile by another test is dropped here).
+        let mut high = Vec::new();
+        while high.len() < 3 {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            for fd in [r, w] {
+                if fd.as_raw_fd() as u32 >= slots.cut {
+                    high.push(fd);
+                }
+            }
+        }
+        let (err_w, pass, out) = (
+            high[0].as_raw_fd(),
+            high[1].as_raw_fd(),
+            high[2].as_raw_fd(),
+        );
+        rustix::io::fcntl_setfd(&high[1], rustix::io::FdFlags::empty()).unwrap();
+        let low = slots.fds[0] - 1;
+        let mut keep = vec![pass, err_w];
+        if low >= 3 {
+            keep.push(low);
+        }
+        let mut fds = child_fds(err_w, &keep);
+        fds.stdout = out;
+        let used = slots.park(&mut fds, &[pass]).expect("parked");
+        assert_eq!(fds.cut, slots.cut);
+        assert_eq!(used.len(), 3);
+        // The error pipe and stdout are used at their slots.
+        assert!(used.contains(&fds.err_w) && used.contains(&fds.stdout));
+        assert!(same_file(fds.err_w, err_w) && same_file(fds.stdout, out));
+        assert_eq!(fds.status_w, fds.err_w);
+        // The pass fd keeps its number: the child puts it back there.
+        let moves = fds.moves.as_slice();
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        assert_eq!((moves[0].fd, moves[0].cloexec), (pass, false));
+        assert!(same_file(moves[0].slot, pass));
+        let mut want = vec![pass, fds.err_w];
+        if low >= 3 {
+            want.push(low);
+        }
+        want.sort_unstable();
+        assert_eq!(fds.init_keep(), &want[..]);
+        assert_eq!(fds.plugin_keep(), &[fds.err_w]);
+        for &slot in &used {
+            // SAFETY: a slot this test reserved.
+            let flags = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(slot) });
+            assert!(flags.unwrap().contains(rustix::io::FdFlags::CLOEXEC));
+        }
+        slots.release(&used);
+        for &slot in &used {
+            assert!(slots.holds_placeholder(slot));
+        }
+    }
+
+    /// A slot that no longer holds the placeholder (the host replaced the number) is never
+    /// written to: nothing is parked, and the fds are left as they were.
+    #[test]
+    fn a_slot_the_host_took_is_left_alone() {
+        let slots = Slots::reserve().expect("slots");
+        let (stolen_r, _stolen_w) = rustix::pipe::pipe().unwrap();
+        // SAFETY: the slot is this test's own.
+        let mut slot0 = ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(slots.fds[0]) });
+        rustix::io::dup2(&stolen_r, &mut slot0).unwrap();
+        let mut high = Vec::new();
+        while high.is_empty() {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            for fd in [r, w] {
+                if fd.as_raw_fd() as u32 >= slots.cut {
+                    high.push(fd);
+                }
+            }
+        }
+        let err_w = high[0].as_raw_fd();
+        let mut fds = child_fds(err_w, &[err_w]);
+        assert!(slots.park(&mut fds, &[]).is_none());
+        assert_eq!((fds.cut, fds.moves.as_slice().len()), (0, 0));
+        assert!(same_file(slots.fds[0], stolen_r.as_raw_fd()));
+    }
 }

@@ -75,10 +75,14 @@ pub enum Step {
     /// Joining the sandbox's cgroup v1 hierarchies (writing `0` to the `tasks` file the host
     /// sent with its go; the failing file's index).
     CgroupJoin = 31,
+    /// Taking an fd table of its own (`close_range(CLOSE_RANGE_UNSHARE)`, which copies only
+    /// the spawner's fds below the cut) and putting the parked fds back at their numbers (the
+    /// failing one's index).
+    FdTable = 32,
 }
 
 impl Step {
-    const ALL: [Step; 31] = [
+    const ALL: [Step; 32] = [
         Step::DeathSignal,
         Step::Stdio,
         Step::CloseFds,
@@ -110,6 +114,7 @@ impl Step {
         Step::Ctty,
         Step::Broker,
         Step::CgroupJoin,
+        Step::FdTable,
     ];
 
     /// Decodes a step number read from the error pipe.
@@ -151,6 +156,7 @@ impl Step {
             Step::Ctty => "take the terminal as controlling terminal",
             Step::Broker => "install the brokered-connect filter and hand over its listener",
             Step::CgroupJoin => "join the sandbox's cgroup",
+            Step::FdTable => "take an fd table of its own",
         }
     }
 }

@@ -194,6 +194,8 @@ impl SandboxRunner {
             broker: broker_pair.as_ref().map_or(-1, |(_, p)| p.as_raw_fd()),
             // Set by the spawner.
             net_ready: false,
+            cut: 0,
+            moves: Default::default(),
         };
         child_side.extend([err_w, status_w, sync_r, go_r, go_w, vm_w]);
         let broker_host = broker_pair.map(|(host, plugin)| {
