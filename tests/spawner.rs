@@ -1052,6 +1052,17 @@ async fn network_namespaces_made_ahead_serve_one_sandbox_each() {
     before.assert_unchanged();
 }
 
+/// Runs `script` with `sh -c` under `profile` and returns its stdout, once it exited 0.
+async fn sandbox_output(profile: Profile, script: &str) -> String {
+    let mut r = SandboxRunner::new(profile, "/bin/sh", ["-c", script]).unwrap();
+    r.start().await.unwrap();
+    let mut out = String::new();
+    r.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    let status = r.wait().await.unwrap();
+    assert!(status.success(), "{status:?}: {out}");
+    out
+}
+
 /// `FDSize` (the size of a process's fd table) from a `/proc/<pid>/status` text.
 fn fd_size(status: &str) -> u64 {
     status
@@ -1066,7 +1077,7 @@ fn fd_size(status: &str) -> u64 {
 /// the spawner's few low fds into a table of its own, so its table is small (with a copy of
 /// the host's whole table, as before, PID 1 kept a table of the host's size for its whole
 /// life, and every start copied and closed every fd of the host). The plugin still gets its
-/// stdio and nothing else.
+/// stdio and its pass fd, at its own number far up the table, and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_with_thousands_of_fds_gives_its_sandboxes_none_of_them() {
     let _g = serial();
@@ -1091,40 +1102,48 @@ async fn a_host_with_thousands_of_fds_gives_its_sandboxes_none_of_them() {
     let held: Vec<_> = (0..1500).map(|_| nix::unistd::pipe().unwrap()).collect();
     let host = fd_size(&std::fs::read_to_string("/proc/self/status").unwrap());
     assert!(host >= 4096, "the host's table is small: FDSize {host}");
-    let mut r = SandboxRunner::new(
-        Profile::builtin("default").unwrap(),
-        "/bin/sh",
-        [
-            "-c",
-            "grep FDSize /proc/1/status /proc/self/status; ls /proc/self/fd | tr '\\n' ' '",
-        ],
-    )
-    .unwrap();
-    r.start().await.unwrap();
-    let mut out = String::new();
-    r.stdout().unwrap().read_to_string(&mut out).await.unwrap();
-    let status = r.wait().await.unwrap();
+    let script = "grep FDSize /proc/1/status /proc/self/status; \
+                  readlink /proc/self/fd/5000 || echo no-5000; ls /proc/self/fd | tr '\\n' ' '";
+    let plain = sandbox_output(Profile::builtin("default").unwrap(), script).await;
+    // A pass fd far up the table keeps its number; its neighbour is not passed.
+    let f = std::fs::File::open("/etc/hostname").unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&f);
+    assert_eq!(unsafe { libc::dup2(raw, 5000) }, 5000);
+    assert_eq!(unsafe { libc::dup2(raw, 5001) }, 5001);
+    let mut profile = Profile::builtin("default").unwrap();
+    profile.pass_fds = vec![sandbox_runner::profile::PassFd(5000)];
+    let passing = sandbox_output(profile, script).await;
+    unsafe { libc::close(5000) };
+    unsafe { libc::close(5001) };
     drop(held);
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard).unwrap();
-    assert!(status.success(), "{status:?}: {out}");
-    let size = |who: &str| {
+    let size = |out: &str, who: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(who))
             .map(fd_size)
             .unwrap_or_else(|| panic!("no {who} in {out:?}"))
     };
-    let init = size("/proc/1/status:");
-    let plugin = size("/proc/self/status:");
+    let init = size(&plain, "/proc/1/status:");
+    let plugin = size(&plain, "/proc/self/status:");
     assert!(
         init <= 256,
-        "PID 1 has an fd table of {init} entries (the host's: {host}): {out}"
+        "PID 1 has an fd table of {init} entries (the host's: {host}): {plain}"
     );
     assert!(
         plugin <= 256,
-        "the plugin's fd table has {plugin} entries: {out}"
+        "the plugin's fd table has {plugin} entries: {plain}"
     );
     // 0, 1, 2 and the directory ls reads.
-    let fds = out.lines().last().unwrap_or_default();
-    assert_eq!(fds.trim(), "0 1 2 3", "{out}");
+    assert_eq!(
+        plain.lines().last().unwrap_or_default().trim(),
+        "0 1 2 3",
+        "{plain}"
+    );
+    assert!(passing.lines().any(|l| l == "/etc/hostname"), "{passing}");
+    assert_eq!(
+        passing.lines().last().unwrap_or_default().trim(),
+        "0 1 2 3 5000",
+        "{passing}"
+    );
     before.assert_unchanged();
 }
