@@ -1091,12 +1091,12 @@ async fn a_host_with_thousands_of_fds_gives_its_sandboxes_none_of_them() {
         .unwrap();
     let (soft, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    // Root may raise the hard limit too (the v2 guest's is 4096).
     let want = 6000;
-    assert!(hard >= want, "RLIMIT_NOFILE hard limit {hard} < {want}");
     nix::sys::resource::setrlimit(
         nix::sys::resource::Resource::RLIMIT_NOFILE,
         soft.max(want),
-        hard,
+        hard.max(want),
     )
     .unwrap();
     let held: Vec<_> = (0..1500).map(|_| nix::unistd::pipe().unwrap()).collect();
