@@ -216,7 +216,7 @@ impl Slots {
             match one {
                 Some(m) => parked.push(m),
                 None => {
-                    self.release(&parked.iter().map(|m| m.slot).collect::<Vec<_>>());
+                    self.release(&slots_of(&parked));
                     return None;
                 }
             }
@@ -235,7 +235,7 @@ impl Slots {
             FdList::new(&renamed)
         };
         let Some(moves) = MoveList::new(&moves) else {
-            self.release(&parked.iter().map(|m| m.slot).collect::<Vec<_>>());
+            self.release(&slots_of(&parked));
             return None;
         };
         fds.init_keep = rename(fds.init_keep());
@@ -258,7 +258,7 @@ impl Slots {
         }
         fds.cut = self.cut;
         fds.moves = moves;
-        Some(parked.iter().map(|m| m.slot).collect())
+        Some(slots_of(&parked))
     }
 
     /// Puts the placeholder back in `used`, dropping the host's extra references to the
@@ -271,6 +271,11 @@ impl Slots {
             let _ = rustix::io::dup3(&self.placeholder, &mut dst, rustix::io::DupFlags::CLOEXEC);
         }
     }
+}
+
+/// The slots of `parked`.
+fn slots_of(parked: &[Move]) -> Vec<RawFd> {
+    parked.iter().map(|m| m.slot).collect()
 }
 
 /// Waits until a child cloned sharing this thread's fd table has a table of its own (or has
