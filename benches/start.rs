@@ -1,4 +1,4 @@
-//! Start-to-exit latency of `/bin/true`, five ways side by side.
+//! Start-to-exit latency of `/bin/true`, several ways side by side.
 //!
 //! Each sample is the wall time from just before the process is spawned until its exit
 //! status has been collected:
@@ -27,6 +27,19 @@
 //! 7. `library, host with a big heap`: after the others, this process allocates and touches
 //!    `BENCH_HEAP_MIB` MiB (default 2048; 0 skips it) and runs the library way again, with
 //!    its ratio to the library way of the small host.
+//!
+//! 8. `bwrap, the default profile's mounts`: bwrap with what the default profile builds that
+//!    bwrap can build too: every namespace, `--new-session`, the hostname, every capability
+//!    dropped, and the profile's mount list translated mount by mount (a `mirror` of a
+//!    symbolic link becomes `--symlink`, an optional bind `--ro-bind-try`). bwrap has no
+//!    cgroup limits, seccomp filter or Landlock ruleset here.
+//! 9. `sandbox-run CLI, no limits, seccomp or Landlock`: the CLI with the default profile
+//!    minus those three (written to a temporary file), i.e. the work of row 8.
+//!
+//!    Rows 8 and 9 split the CLI's ratio to the plain bwrap row: what the default profile's
+//!    extra mounts cost either tool, what the CLI's own machinery costs against bwrap's for
+//!    the same sandbox, and what the isolation bwrap does not do costs. Their ratios are
+//!    printed below the table.
 //!
 //! It prints a markdown table of median, p90 and min per way, with the ratio of each median
 //! to the bare spawn's, to `unshare`'s and to `bwrap`'s.
@@ -58,6 +71,8 @@ enum Way {
     Library(Box<Profile>),
     Bwrap(PathBuf),
     Baseline(PathBuf),
+    BwrapMounts(PathBuf, Vec<String>),
+    CliLean(PathBuf, PathBuf),
 }
 
 impl Way {
@@ -69,6 +84,8 @@ impl Way {
             Way::Library(_) => "library",
             Way::Bwrap(_) => "bwrap",
             Way::Baseline(_) => "sandbox-run CLI, baseline build",
+            Way::BwrapMounts(..) => "bwrap, the default profile's mounts",
+            Way::CliLean(..) => "sandbox-run CLI, no limits, seccomp or Landlock",
         }
     }
 
@@ -114,6 +131,18 @@ impl Way {
             Way::Bwrap(bwrap) => {
                 let mut cmd = Command::new(bwrap);
                 cmd.args(common::BWRAP_ARGS).arg("/bin/true");
+                time_command(cmd).await
+            }
+            Way::BwrapMounts(bwrap, args) => {
+                let mut cmd = Command::new(bwrap);
+                cmd.args(args).arg("/bin/true");
+                time_command(cmd).await
+            }
+            Way::CliLean(bin, profile) => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--profile")
+                    .arg(profile)
+                    .args(["--stdin", "null", "--", "/bin/true"]);
                 time_command(cmd).await
             }
         }
@@ -189,6 +218,103 @@ fn fail(msg: impl AsRef<str>) -> ! {
     exit(1);
 }
 
+/// bwrap's arguments for what `profile` builds that bwrap can build too (row 8): namespaces,
+/// session, hostname, capabilities and the mount list, mount by mount.
+fn bwrap_matched_args(profile: &Profile) -> Vec<String> {
+    use sandbox_runner::profile::MountSpec;
+    let mut a: Vec<String> = [
+        "--unshare-all",
+        "--new-session",
+        "--hostname",
+        profile.hostname.as_str(),
+        "--cap-drop",
+        "ALL",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
+    for m in &profile.mount {
+        match m {
+            MountSpec::RoBind {
+                src, dst, optional, ..
+            }
+            | MountSpec::Bind {
+                src, dst, optional, ..
+            } => {
+                let rw = matches!(m, MountSpec::Bind { .. });
+                let opt = match (rw, *optional) {
+                    (false, false) => "--ro-bind",
+                    (false, true) => "--ro-bind-try",
+                    (true, false) => "--bind",
+                    (true, true) => "--bind-try",
+                };
+                let dst = dst.as_ref().unwrap_or(src);
+                push(&[opt, src.as_str(), dst.as_str()]);
+            }
+            MountSpec::Tmpfs { dst, .. } => push(&["--tmpfs", dst.as_str()]),
+            MountSpec::Proc { dst } => push(&["--proc", dst.as_str()]),
+            MountSpec::Dev { dst, .. } => push(&["--dev", dst.as_str()]),
+            MountSpec::Dir { dst, .. } => push(&["--dir", dst.as_str()]),
+            MountSpec::Symlink { src, dst } => push(&["--symlink", src.as_str(), dst.as_str()]),
+            MountSpec::Mirror { path, optional } => {
+                let p = std::path::Path::new(path.as_str());
+                match std::fs::symlink_metadata(p) {
+                    Ok(md) if md.file_type().is_symlink() => {
+                        let target = std::fs::read_link(p)
+                            .unwrap_or_else(|e| fail(format!("readlink {}: {e}", p.display())));
+                        let target = target.to_string_lossy().into_owned();
+                        push(&["--symlink", &target, path.as_str()]);
+                    }
+                    Ok(_) => push(&["--ro-bind", path.as_str(), path.as_str()]),
+                    Err(_) if *optional => {}
+                    Err(e) => fail(format!("mirror {}: {e}", p.display())),
+                }
+            }
+        }
+    }
+    a
+}
+
+/// Writes the default profile without its cgroup limits, seccomp filter and Landlock
+/// ruleset (row 9) into `dir`, checks that it loads that way, and returns its path.
+fn lean_profile(dir: &std::path::Path) -> PathBuf {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-profiles/default.toml");
+    let text = std::fs::read_to_string(&src)
+        .unwrap_or_else(|e| fail(format!("reading {}: {e}", src.display())));
+    let mut table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| fail(format!("parsing {}: {e}", src.display())));
+    table.remove("limits");
+    let section = |t: &mut toml::Table, name: &str| -> toml::Table {
+        match t.remove(name) {
+            Some(toml::Value::Table(s)) => s,
+            _ => toml::Table::new(),
+        }
+    };
+    let mut seccomp = section(&mut table, "seccomp");
+    seccomp.insert("enabled".into(), toml::Value::Boolean(false));
+    table.insert("seccomp".into(), toml::Value::Table(seccomp));
+    let mut landlock = section(&mut table, "landlock");
+    landlock.insert("mode".into(), toml::Value::String("off".into()));
+    table.insert("landlock".into(), toml::Value::Table(landlock));
+    let path = dir.join("lean.toml");
+    std::fs::write(
+        &path,
+        toml::to_string(&table).expect("serializing a TOML table"),
+    )
+    .unwrap_or_else(|e| fail(format!("writing {}: {e}", path.display())));
+    let p = Profile::from_path(&path).unwrap_or_else(|e| fail(format!("lean profile: {e}")));
+    assert!(
+        p.limits.is_empty()
+            && !p.seccomp.enabled
+            && p.landlock.mode == sandbox_runner::landlock::LandlockMode::Off
+            && p.mount == Profile::builtin("default").expect("default profile").mount,
+        "the lean profile must be the default one minus limits, seccomp and Landlock"
+    );
+    path
+}
+
 async fn bench(iters: usize) {
     let mut ways = vec![Way::Bare];
     let mut notes = Vec::new();
@@ -208,10 +334,22 @@ async fn bench(iters: usize) {
     }
     let profile =
         Profile::builtin("default").unwrap_or_else(|e| fail(format!("default profile: {e}")));
+    let profile_for_bwrap = profile.clone();
     ways.push(Way::Library(Box::new(profile)));
     match find_on_path("bwrap") {
         Some(p) => ways.push(Way::Bwrap(p)),
         None => notes.push("note: `bwrap` is not on PATH; the bwrap way is skipped".to_string()),
+    }
+    // Rows 8 and 9 (see the top of this file).
+    let lean_dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("temporary dir: {e}")));
+    if let Some(bwrap) = find_on_path("bwrap") {
+        ways.push(Way::BwrapMounts(
+            bwrap,
+            bwrap_matched_args(&profile_for_bwrap),
+        ));
+    }
+    if let Some(cli) = cli_binary() {
+        ways.push(Way::CliLean(cli, lean_profile(lean_dir.path())));
     }
     if let Some(p) = std::env::var_os("SANDBOX_RUN_BASELINE") {
         let p = PathBuf::from(p);
@@ -278,6 +416,20 @@ async fn bench(iters: usize) {
             fmt_ratio(s.median, bare),
             fmt_ratio(s.median, unshare),
             fmt_ratio(s.median, bwrap),
+        );
+    }
+
+    let matched = base_of(|w| matches!(w, Way::BwrapMounts(..)));
+    let lean = base_of(|w| matches!(w, Way::CliLean(..)));
+    let cli = base_of(|w| matches!(w, Way::Cli(_)));
+    if let (Some(m), Some(l), Some(c)) = (matched, lean, cli) {
+        println!(
+            "\nagainst bwrap with the default profile's mounts: sandbox-run CLI {}, \
+             the CLI without limits, seccomp and Landlock (the same sandbox as that bwrap) {}; \
+             the three cost the CLI {} ms",
+            fmt_ratio(c, Some(m)),
+            fmt_ratio(l, Some(m)),
+            format_args!("{:.2}", (c.as_secs_f64() - l.as_secs_f64()) * 1e3),
         );
     }
 
