@@ -13,6 +13,8 @@
 # what a GiB costs each way. From that it prints the ceiling of the tunnel on this machine:
 # with N CPUs kept busy all the time, it cannot move more than N / (its CPU s per GiB) GiB/s,
 # and that ceiling as a ratio to the direct transfer's rate (the issue's target: >= 0.8x).
+# The same with the CPU time the machine was busy during each free-placement run
+# (/proc/stat), where the parties run on different CPUs and pay for crossing them.
 #
 # Only 127.0.0.1: the sink listens there and the sandbox's rule names exactly that address.
 # Needs root (or what sandbox-run needs), a C compiler (cc) and taskset (util-linux).
@@ -148,26 +150,39 @@ run_way() { # way port pin -> seconds
   esac
 }
 
-declare -A times
+# Busy CPU time of the whole machine so far, in clock ticks (user, nice, system, irq,
+# softirq, steal of /proc/stat's first line).
+busy_ticks() {
+  local _cpu user nice system _idle _iowait irq softirq steal _rest
+  read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+  echo $((user + nice + system + irq + softirq + steal))
+}
+hz="$(getconf CLK_TCK)"
+
+declare -A times busy
 for pin in 0 1; do
   if [ "$pin" = 1 ]; then start_sink taskset -c 0; else start_sink; fi
   for r in $(seq "$ROUNDS"); do
     for way in direct tunnel; do
+      b0="$(busy_ticks)"
       t="$(run_way "$way" "$port" "$pin")"
+      b1="$(busy_ticks)"
       times[$way.$pin]+="$t "
+      busy[$way.$pin]+="$(((b1 - b0) * 1000 / hz)) "
     done
   done
   kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true; sink_pid=""
 done
 
-python3 - "$MIB" "$(nproc)" "${times[direct.0]}" "${times[tunnel.0]}" "${times[direct.1]}" "${times[tunnel.1]}" <<'EOF'
+python3 - "$MIB" "$(nproc)" "${times[direct.0]}" "${times[tunnel.0]}" "${times[direct.1]}" "${times[tunnel.1]}" "${busy[direct.0]}" "${busy[tunnel.0]}" <<'EOF'
 import statistics, sys
 mib, ncpu = int(sys.argv[1]), int(sys.argv[2])
+busy_direct, busy_tunnel = (statistics.median(int(x) for x in a.split()) for a in sys.argv[7:9])
 gib = mib / 1024
 ways = ["direct", "tunnel", "direct, 1 CPU", "tunnel, 1 CPU"]
 med = {}
 print(f"{mib} MiB per run, {len(sys.argv[3].split())} runs per way, interleaved; {ncpu} CPUs")
-for name, arg in zip(ways, sys.argv[3:]):
+for name, arg in zip(ways, sys.argv[3:7]):
     t = sorted(float(x) for x in arg.split())
     med[name] = statistics.median(t)
     rates = ", ".join(f"{gib / x:.2f}" for x in t)
@@ -178,6 +193,15 @@ cpu_d = med["direct, 1 CPU"] / gib
 cpu_t = med["tunnel, 1 CPU"] / gib
 print(f"CPU s per GiB (1 CPU): direct {cpu_d:.3f}, tunnel {cpu_t:.3f} ({cpu_t / cpu_d:.2f}x)")
 ceiling = ncpu / cpu_t
-print(f"tunnel ceiling on {ncpu} CPUs all busy: {ceiling:.2f} GiB/s = "
+print(f"tunnel ceiling on {ncpu} CPUs all busy, at the 1-CPU cost: {ceiling:.2f} GiB/s = "
       f"{ceiling / (gib / med['direct']):.2f}x the direct rate")
+# Free placement: the machine's busy time during each run (the tunnel's includes starting
+# and ending a sandbox, a few ms), so also what crossing CPUs adds to the cost.
+cpu_t2 = busy_tunnel / 1000 / gib
+print(f"CPU s per GiB, free placement (machine busy time per run): direct "
+      f"{busy_direct / 1000 / gib:.3f}, tunnel {cpu_t2:.3f}; CPUs busy during the tunnel "
+      f"{busy_tunnel / 1000 / med['tunnel']:.2f} of {ncpu}")
+ceiling2 = ncpu / cpu_t2
+print(f"tunnel ceiling on {ncpu} CPUs all busy, at the free-placement cost: {ceiling2:.2f} "
+      f"GiB/s = {ceiling2 / (gib / med['direct']):.2f}x the direct rate")
 EOF
