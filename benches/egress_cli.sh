@@ -14,7 +14,10 @@
 # with N CPUs kept busy all the time, it cannot move more than N / (its CPU s per GiB) GiB/s,
 # and that ceiling as a ratio to the direct transfer's rate (the issue's target: >= 0.8x).
 # The same with the CPU time the machine was busy during each free-placement run
-# (/proc/stat), where the parties run on different CPUs and pay for crossing them.
+# (/proc/stat), where the parties run on different CPUs and pay for crossing them; and each
+# party's own CPU time per GiB (the client's getrusage, the sink's /proc/PID/stat, and
+# sandbox-run's with everything it waited for, minus the client's, for the relay): a
+# stream's relay is one thread, whose CPU time per GiB bounds the tunnel on any machine.
 #
 # Only 127.0.0.1: the sink listens there and the sandbox's rule names exactly that address.
 # Needs root (or what sandbox-run needs), a C compiler (cc) and taskset (util-linux).
@@ -68,12 +71,13 @@ EOF
 cat >"$work/client.c" <<'EOF'
 /* client PORT MIB [tunnel]: writes MIB MiB in 128 KiB writes to 127.0.0.1:PORT, directly or
    through a CONNECT tunnel of the proxy in $HTTPS_PROXY, half-closes, waits for the sink's
-   byte, and prints the seconds from the first write to that byte. */
+   byte, and prints the seconds from the first write to that byte and its own CPU seconds. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -123,7 +127,10 @@ int main(int argc, char **argv) {
   char c;
   if (read(s, &c, 1) != 1) { fprintf(stderr, "client: no answer\n"); return 1; }
   clock_gettime(CLOCK_MONOTONIC, &t1);
-  printf("%.6f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("%.6f %.6f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+         ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
   return 0;
 }
 EOF
@@ -140,15 +147,25 @@ start_sink() {
   port="$(cat "$work/port")"
 }
 
-run_way() { # way port pin -> seconds
-  local way="$1" port="$2" pin=()
+# way port pin -> "seconds client_cpu_seconds [cli_total_cpu_seconds]": for the tunnel, the
+# CPU time of sandbox-run and every process it waited for (bash's `time`: its relay, its
+# init, and the client).
+run_way() {
+  local way="$1" port="$2" pin=() out TIMEFORMAT='%U %S'
   [ "$3" = 1 ] && pin=(taskset -c 0)
   case "$way" in
     direct) "${pin[@]}" "$work/client" "$port" "$MIB" ;;
-    tunnel) "${pin[@]}" "$bin" --stdin null --allow-net "127.0.0.1:$port" \
-              --ro-bind "$work" "$work" -- "$work/client" "$port" "$MIB" tunnel ;;
+    tunnel)
+      { time "${pin[@]}" "$bin" --stdin null --allow-net "127.0.0.1:$port" \
+          --ro-bind "$work" "$work" -- "$work/client" "$port" "$MIB" tunnel \
+          >"$work/out"; } 2>"$work/time"
+      read -r out <"$work/out"
+      echo "$out $(awk '{print $1 + $2}' "$work/time")"
+      ;;
   esac
 }
+
+sink_ticks() { awk '{print $14 + $15}' "/proc/$sink_pid/stat"; }
 
 # Busy CPU time of the whole machine so far, in clock ticks (user, nice, system, irq,
 # softirq, steal of /proc/stat's first line).
@@ -159,22 +176,28 @@ busy_ticks() {
 }
 hz="$(getconf CLK_TCK)"
 
-declare -A times busy
+declare -A times busy client cli sink
 for pin in 0 1; do
   if [ "$pin" = 1 ]; then start_sink taskset -c 0; else start_sink; fi
   for r in $(seq "$ROUNDS"); do
     for way in direct tunnel; do
       b0="$(busy_ticks)"
-      t="$(run_way "$way" "$port" "$pin")"
+      s0="$(sink_ticks)"
+      read -r t c total < <(run_way "$way" "$port" "$pin")
+      s1="$(sink_ticks)"
       b1="$(busy_ticks)"
       times[$way.$pin]+="$t "
+      client[$way.$pin]+="$c "
+      cli[$way.$pin]+="${total:-0} "
+      sink[$way.$pin]+="$(((s1 - s0) * 1000 / hz)) "
       busy[$way.$pin]+="$(((b1 - b0) * 1000 / hz)) "
     done
   done
   kill "$sink_pid"; wait "$sink_pid" 2>/dev/null || true; sink_pid=""
 done
 
-python3 - "$MIB" "$(nproc)" "${times[direct.0]}" "${times[tunnel.0]}" "${times[direct.1]}" "${times[tunnel.1]}" "${busy[direct.0]}" "${busy[tunnel.0]}" <<'EOF'
+python3 - "$MIB" "$(nproc)" "${times[direct.0]}" "${times[tunnel.0]}" "${times[direct.1]}" "${times[tunnel.1]}" "${busy[direct.0]}" "${busy[tunnel.0]}" \
+  "${client[direct.0]}" "${client[tunnel.0]}" "${cli[tunnel.0]}" "${sink[direct.0]}" "${sink[tunnel.0]}" <<'EOF'
 import statistics, sys
 mib, ncpu = int(sys.argv[1]), int(sys.argv[2])
 busy_direct, busy_tunnel = (statistics.median(int(x) for x in a.split()) for a in sys.argv[7:9])
@@ -204,4 +227,15 @@ print(f"CPU s per GiB, free placement (machine busy time per run): direct "
 ceiling2 = ncpu / cpu_t2
 print(f"tunnel ceiling on {ncpu} CPUs all busy, at the free-placement cost: {ceiling2:.2f} "
       f"GiB/s = {ceiling2 / (gib / med['direct']):.2f}x the direct rate")
+# Each party's CPU per GiB, free placement (medians): a stream's relay is one thread, so the
+# tunnel cannot be faster than that thread's CPU time for a GiB, whatever the CPUs.
+m = lambda a: statistics.median(float(x) for x in a.split()) / gib
+c_d, c_t, cli_t, s_d, s_t = (m(a) for a in sys.argv[9:14])
+s_d, s_t = s_d / 1000, s_t / 1000
+relay = cli_t - c_t
+print(f"CPU s per GiB by party, free placement: direct: client {c_d:.3f}, sink {s_d:.3f}; "
+      f"tunnel: client {c_t:.3f}, relay (sandbox-run with its start and end) {relay:.3f}, "
+      f"sink {s_t:.3f}")
+print(f"one relay thread per stream: the tunnel is at most {1 / relay:.2f} GiB/s = "
+      f"{(1 / relay) / (gib / med['direct']):.2f}x the direct rate, even with a CPU of its own")
 EOF
