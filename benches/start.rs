@@ -41,6 +41,12 @@
 //!    the same sandbox, and what the isolation bwrap does not do costs. Their ratios are
 //!    printed below the table.
 //!
+//! 10. `sandbox-run CLI, installed copy`: the CLI row's binary copied to a temporary
+//!     directory first, as `cargo install` or a package leaves it. A binary the linker has
+//!     just written sits in the page cache mostly as single pages; a copy (or a binary read
+//!     back from disk) sits in large folios, which its `execve` and page faults map many
+//!     pages at a time. bwrap and `/bin/true` are installed files.
+//!
 //! It prints a markdown table of median, p90 and min per way, with the ratio of each median
 //! to the bare spawn's, to `unshare`'s and to `bwrap`'s.
 //!
@@ -73,6 +79,7 @@ enum Way {
     Baseline(PathBuf),
     BwrapMounts(PathBuf, Vec<String>),
     CliLean(PathBuf, PathBuf),
+    CliInstalled(PathBuf),
 }
 
 impl Way {
@@ -86,6 +93,7 @@ impl Way {
             Way::Baseline(_) => "sandbox-run CLI, baseline build",
             Way::BwrapMounts(..) => "bwrap, the default profile's mounts",
             Way::CliLean(..) => "sandbox-run CLI, no limits, seccomp or Landlock",
+            Way::CliInstalled(_) => "sandbox-run CLI, installed copy",
         }
     }
 
@@ -107,7 +115,7 @@ impl Way {
                 ]);
                 time_command(cmd).await
             }
-            Way::Cli(bin) | Way::Baseline(bin) => {
+            Way::Cli(bin) | Way::Baseline(bin) | Way::CliInstalled(bin) => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["--stdin", "null", "--", "/bin/true"]);
                 time_command(cmd).await
@@ -349,7 +357,17 @@ async fn bench(iters: usize) {
         ));
     }
     if let Some(cli) = cli_binary() {
-        ways.push(Way::CliLean(cli, lean_profile(lean_dir.path())));
+        ways.push(Way::CliLean(cli.clone(), lean_profile(lean_dir.path())));
+        // Row 10: the binary as an install leaves it (see the top of this file).
+        let installed = lean_dir.path().join("sandbox-run");
+        std::fs::copy(&cli, &installed).unwrap_or_else(|e| {
+            fail(format!(
+                "copying {} to {}: {e}",
+                cli.display(),
+                installed.display()
+            ))
+        });
+        ways.push(Way::CliInstalled(installed));
     }
     if let Some(p) = std::env::var_os("SANDBOX_RUN_BASELINE") {
         let p = PathBuf::from(p);
