@@ -132,6 +132,18 @@ fn probe_script(calls: &[(&str, &str, &str)]) -> String {
     s
 }
 
+/// The probe profiles in `dir`: the filter on, and the control with it off (both with
+/// [`PROBE_CAPS`]).
+fn probe_profiles(dir: &Path) -> (String, String) {
+    let on = profile(dir, "on.toml", PROBE_CAPS);
+    let off = profile(
+        dir,
+        "off.toml",
+        &format!("{PROBE_CAPS}[seccomp]\nenabled = false\n"),
+    );
+    (on, off)
+}
+
 /// Runs the probe under `profile` and returns `label -> result`.
 fn probe(profile: &str, calls: &[(&str, &str, &str)]) -> Vec<(String, String)> {
     run_probe(profile, &probe_script(calls))
@@ -157,12 +169,7 @@ fn seccomp_refuses_the_docker_list_with_eperm_even_with_capabilities() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let on = profile(dir.path(), "on.toml", PROBE_CAPS);
-    let off = profile(
-        dir.path(),
-        "off.toml",
-        &format!("{PROBE_CAPS}[seccomp]\nenabled = false\n"),
-    );
+    let (on, off) = probe_profiles(dir.path());
     let before = HostState::take();
     let filtered = probe(&on, PROBES);
     let control = probe(&off, PROBES);
@@ -201,12 +208,7 @@ fn seccomp_refuses_x32_calls() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let on = profile(dir.path(), "on.toml", PROBE_CAPS);
-    let off = profile(
-        dir.path(),
-        "off.toml",
-        &format!("{PROBE_CAPS}[seccomp]\nenabled = false\n"),
-    );
+    let (on, off) = probe_profiles(dir.path());
     let x32 = 0x4000_0000;
     let script = format!(
         "{}call('x32:getpid', {})\ncall('x32:mount', {}, S('none'), S('/nonexistent'), \
