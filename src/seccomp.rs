@@ -265,6 +265,19 @@ pub fn name_of(nr: i64) -> Option<&'static str> {
 /// The BPF programs for `cfg`, in the order the child installs them. Empty when the
 /// filter is turned off.
 pub fn compile(cfg: &SeccompConfig) -> Result<Vec<BpfProgram>, String> {
+    compile_native(cfg, true)
+}
+
+/// The programs `compile` made before the dispatch tree (the x32 guard, the `clone3` one and
+/// `seccompiler`'s program of the whole list; the kernel takes the strictest answer), with
+/// the same answers: for `benches/seccomp.rs`, which times installing each.
+#[doc(hidden)]
+pub fn compile_without_dispatch(cfg: &SeccompConfig) -> Result<Vec<BpfProgram>, String> {
+    compile_native(cfg, false)
+}
+
+/// [`compile_for`] the build target's architecture and call numbers.
+fn compile_native(cfg: &SeccompConfig, dispatch: bool) -> Result<Vec<BpfProgram>, String> {
     if !cfg.enabled {
         return Ok(Vec::new());
     }
@@ -275,20 +288,7 @@ pub fn compile(cfg: &SeccompConfig) -> Result<Vec<BpfProgram>, String> {
             std::env::consts::ARCH
         )
     })?;
-    compile_for(cfg, arch, table::NATIVE, true)
-}
-
-/// The programs `compile` made before the dispatch tree (the x32 guard, the `clone3` one and
-/// `seccompiler`'s program of the whole list; the kernel takes the strictest answer), with
-/// the same answers: for `benches/seccomp.rs`, which times installing each.
-#[doc(hidden)]
-pub fn compile_without_dispatch(cfg: &SeccompConfig) -> Result<Vec<BpfProgram>, String> {
-    if !cfg.enabled {
-        return Ok(Vec::new());
-    }
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| format!("no seccomp table for {}", std::env::consts::ARCH))?;
-    compile_for(cfg, arch, table::NATIVE, false)
+    compile_for(cfg, arch, table::NATIVE, dispatch)
 }
 
 /// The programs for `cfg` on `arch` with call numbers from `table`; `dispatch` puts the
@@ -400,12 +400,11 @@ fn audit_arch(arch: TargetArch) -> Option<u32> {
 ///
 /// `seccompiler` emits one comparison per listed call, one after the other. When a filter is
 /// installed, the kernel works out which calls it allows whatever their arguments (the
-/// seccomp action cache): it runs each program once for every system call number, so a
-/// chain of ~60 calls cost ~460 × 200 emulated instructions on every sandbox start, and
-/// each program installed costs a conversion and a JIT compile. Measured on the 2-vCPU CI
-/// machine, the `seccomp()` calls of a child under the default profile: 236 µs for the
-/// three programs of before (the x32 guard, `clone3`, the full list), 70 µs for the main
-/// program alone with the tree in front, and about 35 µs for each further program.
+/// seccomp action cache): it runs each program once for every system call number, so the
+/// default list (367 instructions) cost ~460 walks down the chain on every sandbox start,
+/// and each program installed costs a conversion and a JIT compile. `cargo bench --bench
+/// seccomp` on the 2-vCPU CI machine: 222 µs for the three programs of before (the x32
+/// guard, `clone3`, the full list), 65 µs for this one (180 instructions).
 ///
 /// The tree compares the call number (as an unsigned 32-bit value, as the kernel does):
 /// - another architecture goes to `main` unchanged, whose own check kills it;
@@ -431,14 +430,12 @@ fn with_dispatch(
     const TO_MAIN: u32 = u32::MAX;
     /// The most numbers a leaf compares, one after the other.
     const LEAF: usize = 8;
-    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     listed.sort_unstable();
     listed.dedup_by_key(|(nr, _)| *nr);
 
     // The tree over `set` (sorted): a leaf compares its numbers one after the other, then
     // allows; its targets follow. A node splits the set in two halves of whole leaves.
     fn tree(set: &[(u32, Target)], out: &mut Vec<sock_filter>) {
-        let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
         if set.len() <= LEAF {
             let mut targets: Vec<Target> = set.iter().map(|(_, t)| *t).collect();
             targets.sort_unstable();
@@ -523,6 +520,11 @@ fn masked_rule(arg: u8, flag: u64) -> Result<SeccompRule, seccompiler::BackendEr
     )?])
 }
 
+/// One classic-BPF instruction.
+const fn ins(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
@@ -539,7 +541,6 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Refuses every x32 call (x86_64 only; other architectures pass, the main program's own
 /// architecture check deals with them).
 fn x32_guard(action: &SeccompAction) -> BpfProgram {
-    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     vec![
         ins(BPF_LD_W_ABS, 0, 0, 4), // seccomp_data.arch
         ins(BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
@@ -633,7 +634,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     const ARCH: u32 = AUDIT_ARCH_X86_64;
     #[cfg(target_arch = "aarch64")]
-    const ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+    const ARCH: u32 = AUDIT_ARCH_AARCH64;
 
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
@@ -845,7 +846,7 @@ mod tests {
         let aarch64_like: &[(&str, i64)] = &[("mount", 40), ("ioctl", 29)];
         let c = cfg("deny = [\"iopl\", \"mkdir\"]");
         let progs = compile_for(&c, TargetArch::aarch64, aarch64_like, true).unwrap();
-        let a64 = 183 | 0x8000_0000 | 0x4000_0000;
+        let a64 = AUDIT_ARCH_AARCH64;
         assert_eq!(verdict(&progs, 40, a64, [0; 6]), EPERM);
         assert_eq!(verdict(&progs, 29, a64, [0, 0x5412, 0, 0, 0, 0]), EPERM);
         assert_eq!(verdict(&progs, 30, a64, [0; 6]), ALLOW);
